@@ -1,0 +1,292 @@
+package link
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/store"
+)
+
+// ErrClosed is returned by Attach after Close.
+var ErrClosed = errors.New("link registry: closed")
+
+// Registry holds every link of an instance.
+type Registry struct {
+	st   *store.Store
+	self string
+	log  *slog.Logger
+
+	mu        sync.RWMutex
+	links     map[string]*Link
+	newOutbox func(*Link) Outbox
+	closed    bool
+}
+
+// NewRegistry loads the known links of st. Outbox entries of links that are
+// no longer known (an ephemeral link that vanished in a crash) are dropped.
+func NewRegistry(st *store.Store, self string, log *slog.Logger) (*Registry, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Registry{st: st, self: self, log: log, links: map[string]*Link{}}
+	recs, err := st.Links()
+	if err != nil {
+		return nil, fmt.Errorf("load links: %w", err)
+	}
+	for _, rec := range recs {
+		l := &Link{id: rec.ID, peer: rec.Peer, durable: true, tags: rec.Tags, acks: rec.Acks}
+		last, err := st.LastOutboxSeq(rec.ID)
+		if err != nil {
+			return nil, fmt.Errorf("load outbox of %q: %w", rec.ID, err)
+		}
+		l.seq.Store(last)
+		r.links[rec.ID] = l
+	}
+	if err := r.dropOrphans(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// dropOrphans removes outbox entries of links that are not known.
+func (r *Registry) dropOrphans() error {
+	var orphans []string
+	err := r.st.DB().View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Prefix = []byte("o/")
+		opts.PrefetchValues = false
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); {
+			id, _, ok := store.SplitSeqKey(it.Item().Key())
+			if !ok {
+				it.Next()
+				continue
+			}
+			if _, known := r.links[id]; !known {
+				orphans = append(orphans, id)
+			}
+			// Skip to the next link's prefix.
+			it.Seek(append(store.OutboxPrefix(id), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("scan outboxes: %w", err)
+	}
+	for _, id := range orphans {
+		r.log.Info("dropping the outbox of a link that is gone", "link", id)
+		if err := r.st.DropOutbox(id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Self is the instance's own id.
+func (r *Registry) Self() string { return r.self }
+
+// SetOutboxFactory installs the websocket sink's writer maker and gives every
+// existing link its outbox. Called once, at build time.
+func (r *Registry) SetOutboxFactory(f func(*Link) Outbox) {
+	r.mu.Lock()
+	r.newOutbox = f
+	links := make([]*Link, 0, len(r.links))
+	for _, l := range r.links {
+		links = append(links, l)
+	}
+	r.mu.Unlock()
+	for _, l := range links {
+		l.mu.Lock()
+		if l.outbox == nil {
+			l.outbox = f(l)
+		}
+		l.mu.Unlock()
+	}
+}
+
+// NewEphemeralID returns a fresh "con-<random>" id.
+func NewEphemeralID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "con-" + hex.EncodeToString(b[:])
+}
+
+// Ensure declares a durable link without a connection (a configured peer),
+// creating or updating its record.
+func (r *Registry) Ensure(s Spec) (*Link, error) {
+	s.Durable = true
+	return r.attach(s, nil)
+}
+
+// Attach makes c the live connection of the link described by s, creating
+// the link if needed. A previous live connection of that link is closed
+// (code 1008, "replaced by a newer connection"). Durable links are recorded
+// in the store before Attach returns.
+func (r *Registry) Attach(s Spec, c Conn) (*Link, error) { return r.attach(s, c) }
+
+func (r *Registry) attach(s Spec, c Conn) (*Link, error) {
+	if s.ID == "" || s.ID == r.self {
+		return nil, fmt.Errorf("link id %q is empty or is this instance's own id", s.ID)
+	}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil, ErrClosed
+	}
+	l, ok := r.links[s.ID]
+	created := !ok
+	if !ok {
+		l = &Link{id: s.ID, peer: s.Peer, durable: s.Durable}
+		if s.Durable {
+			last, err := r.st.LastOutboxSeq(s.ID)
+			if err != nil {
+				r.mu.Unlock()
+				return nil, err
+			}
+			l.seq.Store(last)
+		}
+		r.links[s.ID] = l
+	}
+	newOutbox := r.newOutbox
+	r.mu.Unlock()
+
+	l.mu.Lock()
+	changed := created || !slices.Equal(l.tags, s.Tags) || l.acks != s.Acks || (s.Durable && !l.durable) || l.peer != s.Peer
+	l.tags = slices.Clone(s.Tags)
+	l.acks = s.Acks
+	l.peer = s.Peer
+	if s.Durable {
+		l.durable = true
+	}
+	prev := l.conn
+	if c != nil {
+		l.conn = c
+	}
+	if l.outbox == nil && newOutbox != nil {
+		l.outbox = newOutbox(l)
+	}
+	ob := l.outbox
+	durable := l.durable
+	l.mu.Unlock()
+
+	if durable && changed {
+		if err := r.st.SaveLink(store.LinkRecord{ID: l.id, Tags: s.Tags, Peer: s.Peer, Acks: s.Acks}); err != nil {
+			return nil, fmt.Errorf("record link %q: %w", l.id, err)
+		}
+	}
+	if c != nil && prev != nil && prev != c {
+		if ob != nil {
+			ob.Disconnected(prev)
+		}
+		prev.Close(1008, "replaced by a newer connection")
+	}
+	if c != nil && ob != nil {
+		ob.Connected(c)
+	}
+	return l, nil
+}
+
+// Detach ends c's role as l's live connection (no-op if c was already
+// replaced). An ephemeral link is then removed with its pending deliveries.
+func (r *Registry) Detach(l *Link, c Conn) {
+	l.mu.Lock()
+	if l.conn != c {
+		l.mu.Unlock()
+		return
+	}
+	l.conn = nil
+	ob := l.outbox
+	durable := l.durable
+	l.mu.Unlock()
+	if ob != nil {
+		ob.Disconnected(c)
+	}
+	if durable {
+		return
+	}
+	r.mu.Lock()
+	if r.links[l.id] == l {
+		delete(r.links, l.id)
+	}
+	r.mu.Unlock()
+	if ob != nil {
+		ob.Close()
+	}
+	if err := r.st.DropOutbox(l.id); err != nil {
+		r.log.Warn("dropping an ephemeral link's outbox", "link", l.id, "err", err)
+	}
+}
+
+// Get returns a link by id.
+func (r *Registry) Get(id string) *Link {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.links[id]
+}
+
+// All returns every link, sorted by id.
+func (r *Registry) All() []*Link {
+	r.mu.RLock()
+	out := make([]*Link, 0, len(r.links))
+	for _, l := range r.links {
+		out = append(out, l)
+	}
+	r.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+// Recipients chooses the links a data message goes to (PROTOCOL.md "Routing,
+// step by step", step 5): every link except the one it came from (fromID),
+// except any whose id is the message's origin or is already in its path, and,
+// when targetedTags is non-empty, only links with at least one matching tag.
+// dst is reused.
+func (r *Registry) Recipients(dst []*Link, fromID string, m *slipstream.Message) []*Link {
+	dst = dst[:0]
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for id, l := range r.links {
+		if id == fromID || id == m.OriginInstanceID || m.InPath(id) {
+			continue
+		}
+		if len(m.TargetedTags) > 0 && !slipstream.HasAnyTag(l.Tags(), m.TargetedTags) {
+			continue
+		}
+		dst = append(dst, l)
+	}
+	return dst
+}
+
+// Close stops every outbox and closes every live connection with 1001
+// ("going away"). Later Attach calls fail.
+func (r *Registry) Close() {
+	r.mu.Lock()
+	r.closed = true
+	links := make([]*Link, 0, len(r.links))
+	for _, l := range r.links {
+		links = append(links, l)
+	}
+	r.mu.Unlock()
+	for _, l := range links {
+		l.mu.Lock()
+		c, ob := l.conn, l.outbox
+		l.conn = nil
+		l.mu.Unlock()
+		if ob != nil {
+			ob.Close()
+		}
+		if c != nil {
+			c.Close(1001, "instance shutting down")
+		}
+	}
+}

@@ -1,0 +1,330 @@
+// Package store is Slipstream's durable state, in Badger.
+//
+// Key layout (every key starts with a one-byte family and a slash):
+//
+//	x/<cluster>\x00<messageId>      dedup marker, with TTL = the dedup window
+//	o/<link>\x00<seq:8 bytes BE>    outbox entry: the encoded message for one recipient
+//	q/<link>\x00<seq:8 bytes BE>    dead letter: JSON DeadLetter
+//	l/<link>                        a known link: JSON LinkRecord
+//	s/<key>                         state value (the state stage)
+//
+// Outbox entries carry the whole encoded message, one copy per recipient, so
+// an ACK removes exactly one key and no reference counting is needed; a
+// message is "completed" (gone from the store) when its last entry is
+// acknowledged. Link ids and cluster ids never contain NUL (validated by the
+// protocol package), which makes the separator unambiguous.
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+)
+
+// Key families.
+const (
+	famDedup  = 'x'
+	famOutbox = 'o'
+	famDLQ    = 'q'
+	famLink   = 'l'
+	famState  = 's'
+)
+
+// ErrClosed is returned by operations on a closed store.
+var ErrClosed = errors.New("store: closed")
+
+// Options tune Badger. The zero value gives Slipstream's defaults: synced
+// writes, small memtables and caches (memory stays bounded whatever the
+// backlog; see BENCHMARKS.md).
+type Options struct {
+	// InMemory keeps nothing on disk (tests of logic that is not about
+	// durability only).
+	InMemory bool
+	// MemTableSize in bytes; default 16 MiB.
+	MemTableSize int64
+	// BlockCacheSize in bytes; default 16 MiB.
+	BlockCacheSize int64
+	// Logger receives Badger's warnings and errors.
+	Logger *slog.Logger
+}
+
+// Store is the Badger database of one instance. It is safe for concurrent use.
+type Store struct {
+	db  *badger.DB
+	dir string
+}
+
+// Open opens (creating if needed) the store in dir.
+func Open(dir string, o Options) (*Store, error) {
+	bo := badger.DefaultOptions(dir)
+	if o.InMemory {
+		bo = badger.DefaultOptions("").WithInMemory(true)
+	}
+	mem := o.MemTableSize
+	if mem == 0 {
+		mem = 16 << 20
+	}
+	cache := o.BlockCacheSize
+	if cache == 0 {
+		cache = 16 << 20
+	}
+	bo = bo.
+		WithSyncWrites(!o.InMemory).
+		WithMemTableSize(mem).
+		WithNumMemtables(3).
+		WithNumLevelZeroTables(3).
+		WithNumLevelZeroTablesStall(8).
+		WithBlockCacheSize(cache).
+		WithIndexCacheSize(8 << 20).
+		WithValueLogFileSize(64 << 20).
+		WithValueThreshold(4 << 10).
+		WithNumCompactors(2).
+		WithCompactL0OnClose(false).
+		WithLogger(badgerLogger{log: o.Logger})
+	db, err := badger.Open(bo)
+	if err != nil {
+		return nil, fmt.Errorf("open store in %q: %w (is another instance using this data_dir?)", dir, err)
+	}
+	return &Store{db: db, dir: dir}, nil
+}
+
+// DB exposes Badger for the parts of Slipstream that build their own
+// transactions (persist's group commit, the outbox writers).
+func (s *Store) DB() *badger.DB { return s.db }
+
+// Dir is the data directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Close flushes and closes Badger. It is safe to call more than once.
+func (s *Store) Close() error {
+	if s.db == nil || s.db.IsClosed() {
+		return nil
+	}
+	return s.db.Close()
+}
+
+// Size returns the LSM and value-log sizes in bytes.
+func (s *Store) Size() (lsm, vlog int64) { return s.db.Size() }
+
+// RunGC runs one value-log GC pass; it returns true if a file was rewritten.
+func (s *Store) RunGC(discardRatio float64) bool {
+	return s.db.RunValueLogGC(discardRatio) == nil
+}
+
+// Writable checks that a synced write succeeds (for /readyz).
+func (s *Store) Writable() error {
+	if s.db.IsClosed() {
+		return ErrClosed
+	}
+	return s.db.Update(func(txn *badger.Txn) error {
+		return txn.SetEntry(badger.NewEntry([]byte("h/ready"), []byte(time.Now().UTC().Format(time.RFC3339Nano))))
+	})
+}
+
+// DedupKey is the key of the dedup marker of (cluster, id).
+func DedupKey(cluster, id string) []byte {
+	k := make([]byte, 0, 3+len(cluster)+len(id))
+	k = append(k, famDedup, '/')
+	k = append(k, cluster...)
+	k = append(k, 0)
+	return append(k, id...)
+}
+
+// LinkPrefix is the prefix of all keys of family fam for one link.
+func linkPrefix(fam byte, link string) []byte {
+	k := make([]byte, 0, 3+len(link)+8)
+	k = append(k, fam, '/')
+	k = append(k, link...)
+	return append(k, 0)
+}
+
+// OutboxPrefix is the prefix of a link's outbox entries.
+func OutboxPrefix(link string) []byte { return linkPrefix(famOutbox, link) }
+
+// OutboxKey is the key of a link's outbox entry seq.
+func OutboxKey(link string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(OutboxPrefix(link), seq)
+}
+
+// DLQPrefix is the prefix of a link's dead letters; DLQPrefix("") minus its
+// NUL is the prefix of all dead letters (see AllDLQPrefix).
+func DLQPrefix(link string) []byte { return linkPrefix(famDLQ, link) }
+
+// AllDLQPrefix is the prefix of every dead letter.
+func AllDLQPrefix() []byte { return []byte{famDLQ, '/'} }
+
+// DLQKey is the key of a link's dead letter seq.
+func DLQKey(link string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(DLQPrefix(link), seq)
+}
+
+// LinkKey is the key of a known link's record.
+func LinkKey(link string) []byte { return append([]byte{famLink, '/'}, link...) }
+
+// AllLinksPrefix is the prefix of every known link record.
+func AllLinksPrefix() []byte { return []byte{famLink, '/'} }
+
+// StateKey is the key of a state value.
+func StateKey(key string) []byte { return append([]byte{famState, '/'}, key...) }
+
+// SplitSeqKey splits an o/ or q/ key into link id and seq.
+func SplitSeqKey(k []byte) (link string, seq uint64, ok bool) {
+	if len(k) < 2+1+8 || k[1] != '/' {
+		return "", 0, false
+	}
+	body := k[2 : len(k)-8]
+	if len(body) == 0 || body[len(body)-1] != 0 {
+		return "", 0, false
+	}
+	return string(body[:len(body)-1]), binary.BigEndian.Uint64(k[len(k)-8:]), true
+}
+
+// LastSeq returns the highest seq under a link's prefix of family fam ('o'
+// or 'q'), or 0 when there is none.
+func (s *Store) lastSeq(prefix []byte) (uint64, error) {
+	var last uint64
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Reverse = true
+		opts.PrefetchValues = false
+		opts.Prefix = prefix
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		seek := append(append([]byte{}, prefix...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+		it.Seek(seek)
+		if it.Valid() {
+			if _, seq, ok := SplitSeqKey(it.Item().Key()); ok {
+				last = seq
+			}
+		}
+		return nil
+	})
+	return last, err
+}
+
+// LastOutboxSeq returns the highest outbox or dead-letter seq of a link, so
+// that a restarted instance continues numbering after both.
+func (s *Store) LastOutboxSeq(link string) (uint64, error) {
+	a, err := s.lastSeq(OutboxPrefix(link))
+	if err != nil {
+		return 0, err
+	}
+	b, err := s.lastSeq(DLQPrefix(link))
+	if err != nil {
+		return 0, err
+	}
+	return max(a, b), nil
+}
+
+// OutboxEntry is one pending delivery read back from disk.
+type OutboxEntry struct {
+	Seq   uint64
+	Frame []byte
+}
+
+// ReadOutbox returns up to limit entries of a link's outbox with seq >= from,
+// in order.
+func (s *Store) ReadOutbox(link string, from uint64, limit int) ([]OutboxEntry, error) {
+	var out []OutboxEntry
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Prefix = OutboxPrefix(link)
+		opts.PrefetchSize = min(limit, 100)
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Seek(OutboxKey(link, from)); it.Valid() && len(out) < limit; it.Next() {
+			_, seq, ok := SplitSeqKey(it.Item().Key())
+			if !ok {
+				continue
+			}
+			v, err := it.Item().ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			out = append(out, OutboxEntry{Seq: seq, Frame: v})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// CountOutbox counts a link's pending entries (for status and metrics; it
+// iterates keys only).
+func (s *Store) CountOutbox(link string) (int, error) {
+	n := 0
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Prefix = OutboxPrefix(link)
+		opts.PrefetchValues = false
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// DeleteOutbox removes acknowledged entries of a link in one write.
+func (s *Store) DeleteOutbox(link string, seqs []uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, seq := range seqs {
+		if err := wb.Delete(OutboxKey(link, seq)); err != nil {
+			return err
+		}
+	}
+	return wb.Flush()
+}
+
+// DropOutbox removes every outbox entry of a link (an ephemeral link that is
+// gone for good). It deletes key by key rather than with Badger's DropPrefix,
+// which would stall every other writer.
+func (s *Store) DropOutbox(link string) error {
+	var keys [][]byte
+	err := s.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.Prefix = OutboxPrefix(link)
+		opts.PrefetchValues = false
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			keys = append(keys, it.Item().KeyCopy(nil))
+		}
+		return nil
+	})
+	if err != nil || len(keys) == 0 {
+		return err
+	}
+	wb := s.db.NewWriteBatch()
+	defer wb.Cancel()
+	for _, k := range keys {
+		if err := wb.Delete(k); err != nil {
+			return err
+		}
+	}
+	return wb.Flush()
+}
+
+type badgerLogger struct{ log *slog.Logger }
+
+func (l badgerLogger) Errorf(f string, a ...any) {
+	if l.log != nil {
+		l.log.Error("badger: " + fmt.Sprintf(f, a...))
+	}
+}
+func (l badgerLogger) Warningf(f string, a ...any) {
+	if l.log != nil {
+		l.log.Warn("badger: " + fmt.Sprintf(f, a...))
+	}
+}
+func (l badgerLogger) Infof(string, ...any)  {}
+func (l badgerLogger) Debugf(string, ...any) {}
