@@ -143,3 +143,9 @@ type Closer interface {
 type Starter interface {
 	Start(ctx context.Context) error
 }
+
+// Readier is implemented by sources that can tell whether they serve (their
+// listener is up); /readyz reports each.
+type Readier interface {
+	Ready() error
+}

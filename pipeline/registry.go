@@ -82,6 +82,10 @@ type BuildContext struct {
 	Sinks []Sink
 	// StageKinds lists the stage kinds of the pipeline, in order (stages only).
 	StageKinds []string
+	// StageConfigs maps the kind of each stage built so far in this pipeline
+	// to its decoded config (stages only; a later stage may read an earlier
+	// one's settings, as persist reads dedup's window).
+	StageConfigs map[string]any
 }
 
 // HasStage reports whether the pipeline being built has a stage of kind.
@@ -94,22 +98,44 @@ func (bc *BuildContext) HasStage(kind string) bool {
 	return false
 }
 
-var (
-	kindsMu sync.RWMutex
-	kinds   = map[Class]map[string]*Kind{}
-)
+// KindRegistry holds the kinds of each class by name. The package-level
+// Register, Lookup, Kinds and KindNames use DefaultKinds; tests and tools can
+// make their own with NewKindRegistry and load against it with LoadWith.
+type KindRegistry struct {
+	mu    sync.RWMutex
+	kinds map[Class]map[string]*Kind
+}
 
-// Register adds a kind; call it from init. A duplicate name panics.
-func Register(k Kind) {
-	kindsMu.Lock()
-	defer kindsMu.Unlock()
+// NewKindRegistry returns an empty registry.
+func NewKindRegistry() *KindRegistry {
+	return &KindRegistry{kinds: map[Class]map[string]*Kind{}}
+}
+
+// DefaultKinds is the registry the kinds of sources/, stages/ and sinks/ add
+// themselves to from init, and the one Load uses.
+var DefaultKinds = NewKindRegistry()
+
+// Register adds a kind; call it from init. A duplicate name, a missing
+// field, or a config struct the decoder cannot decode (see Kind.NewConfig)
+// panics: these are programming errors, caught when the binary starts.
+func (r *KindRegistry) Register(k Kind) {
 	if k.Name == "" || k.NewConfig == nil || k.Build == nil {
 		panic(fmt.Sprintf("pipeline: incomplete %s kind %q", k.Class, k.Name))
 	}
-	m := kinds[k.Class]
+	switch k.Class {
+	case ClassSource, ClassStage, ClassSink:
+	default:
+		panic(fmt.Sprintf("pipeline: kind %q has unknown class %q", k.Name, k.Class))
+	}
+	if err := checkConfigType(k.NewConfig()); err != nil {
+		panic(fmt.Sprintf("pipeline: %s kind %q: %v", k.Class, k.Name, err))
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.kinds[k.Class]
 	if m == nil {
 		m = map[string]*Kind{}
-		kinds[k.Class] = m
+		r.kinds[k.Class] = m
 	}
 	if _, dup := m[k.Name]; dup {
 		panic(fmt.Sprintf("pipeline: %s kind %q registered twice", k.Class, k.Name))
@@ -119,19 +145,19 @@ func Register(k Kind) {
 }
 
 // Lookup finds a registered kind.
-func Lookup(c Class, name string) (*Kind, bool) {
-	kindsMu.RLock()
-	defer kindsMu.RUnlock()
-	k, ok := kinds[c][name]
+func (r *KindRegistry) Lookup(c Class, name string) (*Kind, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	k, ok := r.kinds[c][name]
 	return k, ok
 }
 
 // Kinds lists the registered kinds of a class, sorted by name.
-func Kinds(c Class) []*Kind {
-	kindsMu.RLock()
-	defer kindsMu.RUnlock()
-	out := make([]*Kind, 0, len(kinds[c]))
-	for _, k := range kinds[c] {
+func (r *KindRegistry) Kinds(c Class) []*Kind {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]*Kind, 0, len(r.kinds[c]))
+	for _, k := range r.kinds[c] {
 		out = append(out, k)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
@@ -139,11 +165,24 @@ func Kinds(c Class) []*Kind {
 }
 
 // KindNames lists the names of a class's kinds, sorted.
-func KindNames(c Class) []string {
-	ks := Kinds(c)
+func (r *KindRegistry) KindNames(c Class) []string {
+	ks := r.Kinds(c)
 	names := make([]string, len(ks))
 	for i, k := range ks {
 		names[i] = k.Name
 	}
 	return names
 }
+
+// Register adds a kind to DefaultKinds; call it from init. A duplicate name
+// panics.
+func Register(k Kind) { DefaultKinds.Register(k) }
+
+// Lookup finds a kind in DefaultKinds.
+func Lookup(c Class, name string) (*Kind, bool) { return DefaultKinds.Lookup(c, name) }
+
+// Kinds lists the kinds of a class in DefaultKinds, sorted by name.
+func Kinds(c Class) []*Kind { return DefaultKinds.Kinds(c) }
+
+// KindNames lists the names of a class's kinds in DefaultKinds, sorted.
+func KindNames(c Class) []string { return DefaultKinds.KindNames(c) }

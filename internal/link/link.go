@@ -66,6 +66,9 @@ type Spec struct {
 	Peer    bool
 	Acks    bool
 	Durable bool
+	// Commands allows the link to issue slipstream.* commands (the
+	// listener's or peer's allow_commands); not recorded in the store.
+	Commands bool
 }
 
 // Link is one remote party. Its methods are safe for concurrent use.
@@ -74,11 +77,12 @@ type Link struct {
 	peer    bool
 	durable bool
 
-	mu     sync.Mutex
-	tags   []string
-	acks   bool
-	conn   Conn
-	outbox Outbox
+	mu       sync.Mutex
+	tags     []string
+	acks     bool
+	commands bool
+	conn     Conn
+	outbox   Outbox
 
 	seq atomic.Uint64 // last allocated outbox seq
 }
@@ -105,6 +109,14 @@ func (l *Link) Acks() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.acks
+}
+
+// AllowCommands reports whether the link may issue slipstream.* commands
+// (Spec.Commands of its latest Attach).
+func (l *Link) AllowCommands() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.commands
 }
 
 // Conn returns the live connection, or nil when the link is down.

@@ -125,16 +125,24 @@ func NewEphemeralID() string {
 // creating or updating its record.
 func (r *Registry) Ensure(s Spec) (*Link, error) {
 	s.Durable = true
-	return r.attach(s, nil)
+	return r.attach(s, nil, nil)
 }
 
 // Attach makes c the live connection of the link described by s, creating
 // the link if needed. A previous live connection of that link is closed
 // (code 1008, "replaced by a newer connection"). Durable links are recorded
 // in the store before Attach returns.
-func (r *Registry) Attach(s Spec, c Conn) (*Link, error) { return r.attach(s, c) }
+func (r *Registry) Attach(s Spec, c Conn) (*Link, error) { return r.attach(s, c, nil) }
 
-func (r *Registry) attach(s Spec, c Conn) (*Link, error) {
+// AttachWith is Attach with a hook that runs once the link is registered
+// (it is a recipient from then on) and before its outbox starts sending on c.
+// A source answers HELLO there: the client learns it is attached only when it
+// is, and the answer precedes every delivery on c.
+func (r *Registry) AttachWith(s Spec, c Conn, beforeSending func()) (*Link, error) {
+	return r.attach(s, c, beforeSending)
+}
+
+func (r *Registry) attach(s Spec, c Conn, beforeSending func()) (*Link, error) {
 	if s.ID == "" || s.ID == r.self {
 		return nil, fmt.Errorf("link id %q is empty or is this instance's own id", s.ID)
 	}
@@ -165,6 +173,7 @@ func (r *Registry) attach(s Spec, c Conn) (*Link, error) {
 	l.tags = slices.Clone(s.Tags)
 	l.acks = s.Acks
 	l.peer = s.Peer
+	l.commands = s.Commands
 	if s.Durable {
 		l.durable = true
 	}
@@ -189,6 +198,9 @@ func (r *Registry) attach(s Spec, c Conn) (*Link, error) {
 			ob.Disconnected(prev)
 		}
 		prev.Close(1008, "replaced by a newer connection")
+	}
+	if beforeSending != nil {
+		beforeSending()
 	}
 	if c != nil && ob != nil {
 		ob.Connected(c)

@@ -1,0 +1,300 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Defaults of the runner.
+const (
+	// DefaultMaxBatch bounds how many waiting envelopes a stage takes at once.
+	DefaultMaxBatch = 256
+	// DefaultQueue is the capacity of each channel between stages.
+	DefaultQueue = 1024
+)
+
+// NamedSource is a built source with its reference ("websocket_server.ingress").
+type NamedSource struct {
+	Ref    string
+	Source Source
+}
+
+// NamedStage is a built stage with its kind.
+type NamedStage struct {
+	Kind  string
+	Stage Stage
+}
+
+// Runner runs one pipeline: its sources feed a chain of stages, one goroutine
+// per stage, over bounded channels of envelopes. Each stage takes whatever is
+// waiting (up to MaxBatch) as one batch, so batching grows with load and adds
+// no latency when idle. A full channel blocks the stage before it and finally
+// the sources' emit, which stops them reading their sockets.
+type Runner struct {
+	Name     string
+	Sources  []NamedSource
+	Stages   []NamedStage
+	MaxBatch int
+	Queue    int
+	Logger   *slog.Logger
+	Tracer   trace.Tracer // nil: no spans
+	Metrics  *Metrics
+
+	startOnce sync.Once
+	stopEmit  chan struct{}
+}
+
+// Metrics are the runner's per-stage instruments, shared by all pipelines of
+// an instance.
+type Metrics struct {
+	Messages *prometheus.CounterVec   // pipeline, stage, outcome
+	Batches  *prometheus.HistogramVec // pipeline, stage: seconds per batch
+	Errors   *prometheus.CounterVec   // pipeline, stage
+	Queue    *prometheus.GaugeVec     // pipeline, stage: envelopes waiting
+}
+
+// NewMetrics registers the runner's instruments on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slipstream_stage_messages_total",
+			Help: "Envelopes processed by a stage, by outcome: passed, duplicate, loop, rejected, consumed, dropped, failed.",
+		}, []string{"pipeline", "stage", "outcome"}),
+		Batches: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "slipstream_stage_batch_seconds",
+			Help:    "Time a stage took to process one batch.",
+			Buckets: []float64{.00001, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .5, 1},
+		}, []string{"pipeline", "stage"}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slipstream_stage_errors_total",
+			Help: "Batches a stage failed (their messages were not acknowledged; senders retransmit).",
+		}, []string{"pipeline", "stage"}),
+		Queue: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "slipstream_stage_queue",
+			Help: "Envelopes waiting in front of a stage.",
+		}, []string{"pipeline", "stage"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Messages, m.Batches, m.Errors, m.Queue)
+	}
+	return m
+}
+
+// Run runs the pipeline until ctx is cancelled, then drains: sources stop
+// reading and return, each stage finishes what is queued and closes its
+// output. Run returns when the last stage is done. Cancelling hard makes the
+// stages stop at once, dropping what is queued (none of it was acknowledged).
+// A source's fatal error cancels nothing by itself: it is returned after the
+// drain.
+func (r *Runner) Run(ctx, hard context.Context) error {
+	if r.MaxBatch <= 0 {
+		r.MaxBatch = DefaultMaxBatch
+	}
+	if r.Queue <= 0 {
+		r.Queue = DefaultQueue
+	}
+	if r.Logger == nil {
+		r.Logger = slog.New(slog.DiscardHandler)
+	}
+	if r.Metrics == nil {
+		r.Metrics = NewMetrics(nil)
+	}
+	r.startOnce.Do(func() { r.stopEmit = make(chan struct{}) })
+
+	chans := make([]chan *Envelope, len(r.Stages)+1)
+	for i := range chans {
+		chans[i] = make(chan *Envelope, r.Queue)
+	}
+	in := chans[0]
+
+	var stagesWG sync.WaitGroup
+	for i, st := range r.Stages {
+		stagesWG.Add(1)
+		go func() {
+			defer stagesWG.Done()
+			defer close(chans[i+1])
+			r.runStage(hard, st, chans[i], chans[i+1], i == len(r.Stages)-1)
+		}()
+	}
+	// The last channel has no reader but the drain below.
+	var sinkWG sync.WaitGroup
+	sinkWG.Add(1)
+	go func() {
+		defer sinkWG.Done()
+		for range chans[len(chans)-1] {
+		}
+	}()
+
+	emit := func(e *Envelope) bool {
+		if e.Received.IsZero() {
+			e.Received = time.Now()
+		}
+		select {
+		case in <- e:
+			return true
+		case <-r.stopEmit:
+			return false
+		case <-hard.Done():
+			return false
+		}
+	}
+
+	var srcWG sync.WaitGroup
+	errs := make([]error, len(r.Sources))
+	for i, s := range r.Sources {
+		srcWG.Add(1)
+		go func() {
+			defer srcWG.Done()
+			if err := s.Source.Run(ctx, emit); err != nil && !errors.Is(err, context.Canceled) {
+				r.Logger.Error("source failed", "pipeline", r.Name, "source", s.Ref, "err", err)
+				errs[i] = err
+			}
+		}()
+	}
+	srcWG.Wait()
+	close(r.stopEmit)
+	close(in)
+	stagesWG.Wait()
+	sinkWG.Wait()
+	return errors.Join(errs...)
+}
+
+// runStage is one stage's loop: take a batch, process it, pass it on.
+func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelope, out chan<- *Envelope, last bool) {
+	log := r.Logger.With("pipeline", r.Name, "stage", st.Kind)
+	m := r.Metrics
+	passed := m.Messages.WithLabelValues(r.Name, st.Kind, "passed")
+	failed := m.Messages.WithLabelValues(r.Name, st.Kind, "failed")
+	dropped := m.Messages.WithLabelValues(r.Name, st.Kind, "dropped")
+	errs := m.Errors.WithLabelValues(r.Name, st.Kind)
+	hist := m.Batches.WithLabelValues(r.Name, st.Kind)
+	queue := m.Queue.WithLabelValues(r.Name, st.Kind)
+	var outcome [Consumed + 1]prometheus.Counter
+	for s := Duplicate; s <= Consumed; s++ {
+		outcome[s] = m.Messages.WithLabelValues(r.Name, st.Kind, s.String())
+	}
+
+	batch := make([]*Envelope, 0, r.MaxBatch)
+	before := make([]Status, 0, r.MaxBatch)
+	for {
+		var e *Envelope
+		var ok bool
+		select {
+		case e, ok = <-in:
+		case <-hard.Done():
+			return
+		}
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], e)
+		closed := false
+	drain:
+		for len(batch) < r.MaxBatch {
+			select {
+			case e, ok := <-in:
+				if !ok {
+					closed = true
+					break drain
+				}
+				batch = append(batch, e)
+			default:
+				break drain
+			}
+		}
+		queue.Set(float64(len(in)))
+		before = before[:0]
+		for _, e := range batch {
+			before = append(before, e.Status)
+		}
+		n := len(batch)
+		start := time.Now()
+		outBatch, err := st.Stage.Process(hard, batch)
+		end := time.Now()
+		hist.Observe(end.Sub(start).Seconds())
+		if err != nil {
+			errs.Inc()
+			failed.Add(float64(n))
+			log.Error("stage failed a batch; its messages were not acknowledged", "batch", n, "err", err)
+			r.trace(st.Kind, batch, before, start, end, err)
+			continue
+		}
+		r.trace(st.Kind, batch, before, start, end, nil)
+		kept := 0
+		for i, e := range batch {
+			if before[i] == Accepted && e.Status != Accepted {
+				outcome[e.Status].Inc()
+			}
+		}
+		for _, e := range outBatch {
+			if e.Status == Accepted {
+				kept++
+			}
+			if last {
+				continue
+			}
+			select {
+			case out <- e:
+			case <-hard.Done():
+				return
+			}
+		}
+		passed.Add(float64(kept))
+		if d := n - len(outBatch); d > 0 {
+			dropped.Add(float64(d))
+		}
+		if closed {
+			return
+		}
+	}
+}
+
+// trace records one span per envelope for a stage's batch. The first stage
+// that sees an envelope without a trace context gives it one (its span), so
+// every later span of that message, here and on the next instances, belongs
+// to one trace.
+func (r *Runner) trace(kind string, batch []*Envelope, before []Status, start, end time.Time, err error) {
+	if r.Tracer == nil {
+		return
+	}
+	name := "stage " + kind
+	for i, e := range batch {
+		ctx, span := r.Tracer.Start(e.Context(), name,
+			trace.WithTimestamp(start),
+			trace.WithSpanKind(trace.SpanKindInternal),
+			trace.WithAttributes(
+				attribute.String("slipstream.pipeline", r.Name),
+				attribute.String("slipstream.stage", kind),
+				attribute.Int("slipstream.batch", len(batch)),
+			))
+		if span.IsRecording() {
+			if e.Msg != nil {
+				span.SetAttributes(
+					attribute.String("slipstream.type", string(e.Msg.Type)),
+					attribute.String("slipstream.message_id", e.Msg.MessageID),
+				)
+			}
+			if e.From != nil {
+				span.SetAttributes(attribute.String("slipstream.link", e.From.ID()))
+			}
+			if before[i] != e.Status {
+				span.SetAttributes(attribute.String("slipstream.outcome", e.Status.String()))
+			}
+			if err != nil {
+				span.SetStatus(codes.Error, err.Error())
+			}
+		}
+		span.End(trace.WithTimestamp(end))
+		if !trace.SpanContextFromContext(e.Ctx).IsValid() {
+			e.Ctx = ctx
+		}
+	}
+}
