@@ -81,6 +81,22 @@ type Envelope struct {
 	// Encoded is the message as forwarded (sourceInstanceId = own id), set by
 	// persist and stored in every outbox entry.
 	Encoded []byte
+	// Done, when set by the source, is called once by the runner when the
+	// envelope leaves the pipeline: it passed the last stage, a stage dropped
+	// it, its batch failed, or the pipeline stopped hard. Sources use it to
+	// bound how many of a connection's messages are in flight.
+	Done func()
+
+	mark uint64 // runner bookkeeping: the batch round that passed it on
+}
+
+// finish calls Done once.
+func (e *Envelope) finish() {
+	if e.Done != nil {
+		d := e.Done
+		e.Done = nil
+		d()
+	}
 }
 
 // Context returns the envelope's context, never nil.

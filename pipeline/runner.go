@@ -183,7 +183,26 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 	}
 
 	batch := make([]*Envelope, 0, r.MaxBatch)
+	work := make([]*Envelope, 0, r.MaxBatch)
 	before := make([]Status, 0, r.MaxBatch)
+	var round uint64
+	// On a hard stop, whatever is still queued leaves the pipeline unfinished.
+	defer func() {
+		if hard.Err() == nil {
+			return
+		}
+		for {
+			select {
+			case e, ok := <-in:
+				if !ok {
+					return
+				}
+				e.finish()
+			default:
+				return
+			}
+		}
+	}()
 	for {
 		var e *Envelope
 		var ok bool
@@ -216,8 +235,11 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 			before = append(before, e.Status)
 		}
 		n := len(batch)
+		// Stages may filter their input in place: they get a copy, and the
+		// runner keeps the batch for tracing and bookkeeping.
+		work = append(work[:0], batch...)
 		start := time.Now()
-		outBatch, err := st.Stage.Process(hard, batch)
+		outBatch, err := st.Stage.Process(hard, work)
 		end := time.Now()
 		hist.Observe(end.Sub(start).Seconds())
 		if err != nil {
@@ -225,6 +247,12 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 			failed.Add(float64(n))
 			log.Error("stage failed a batch; its messages were not acknowledged", "batch", n, "err", err)
 			r.trace(st.Kind, batch, before, start, end, err)
+			for _, e := range batch {
+				e.finish()
+			}
+			if closed {
+				return
+			}
 			continue
 		}
 		r.trace(st.Kind, batch, before, start, end, nil)
@@ -234,16 +262,29 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 				outcome[e.Status].Inc()
 			}
 		}
+		round++
 		for _, e := range outBatch {
+			e.mark = round
+		}
+		for _, e := range batch {
+			if e.mark != round {
+				e.finish() // dropped by this stage
+			}
+		}
+		for i, e := range outBatch {
 			if e.Status == Accepted {
 				kept++
 			}
 			if last {
+				e.finish()
 				continue
 			}
 			select {
 			case out <- e:
 			case <-hard.Done():
+				for _, e := range outBatch[i:] {
+					e.finish()
+				}
 				return
 			}
 		}

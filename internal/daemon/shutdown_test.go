@@ -141,6 +141,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	port := freePort(t)
 	dir := t.TempDir()
 	hcl := strings.Replace(instanceHCL("local-1", filepath.Join(dir, "data"), ""), `listen       = "127.0.0.1:0"`, fmt.Sprintf(`listen = "127.0.0.1:%d"`, port), 1)
+	hcl = strings.Replace(hcl, `level = "warn"`, `level = "info"`, 1)
 	cfgPath := filepath.Join(dir, "p.hcl")
 	if err := os.WriteFile(cfgPath, []byte(hcl), 0o600); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,253 @@
+package sinks
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/slipstream-sync/slipstream/internal/link"
+)
+
+// Sizes of an outbox writer.
+const (
+	// memoryBytes bounds the bytes of the memory queue of one link.
+	memoryBytes = 1 << 20
+	// pageSize is how many entries the writer reads from the store at once.
+	pageSize = 256
+	// maxFeedback bounds the ACKs and ERRs waiting for the writer; more are
+	// dropped (the delivery is then re-sent and acknowledged again).
+	maxFeedback = 8192
+)
+
+// Outbox is one link's durable, ordered writer (link.Outbox). The link
+// registry makes it through the websocket sink's factory; the sink (Notify),
+// the ack stage (Acked, Refused) and the sources (Connected, Disconnected,
+// through the registry) feed it. None of its methods blocks for long: they
+// record what happened and wake the writer goroutine, which owns the
+// network and the store (see writer.go).
+type Outbox struct {
+	s     *WebSocket
+	link  *link.Link
+	id    string
+	log   *slog.Logger
+	depth prometheus.Gauge // nil for ephemeral links
+
+	sent, acked, redelivered, dead prometheus.Counter
+
+	wake   chan struct{} // capacity 1: "something changed"
+	exited chan struct{} // closed when the writer goroutine returns
+
+	// The inbox, guarded by mu.
+	mu           sync.Mutex
+	mem          []memEntry // notified entries, in seq order, while not behind
+	memBytes     int
+	behind       bool   // the writer reads the store; Notify drops copies
+	lastNotified uint64 // highest seq notified
+	rewind       uint64 // lowest seq notified out of order (0: none)
+	feedback     []feedback
+	conn         link.Conn          // the live connection, nil when down
+	gen          uint64             // bumped by every Connected / Disconnected
+	sessCancel   context.CancelFunc // cancels SendData of the current session
+	started      bool
+	closed       bool
+	cancel       context.CancelFunc // stops the writer
+	closeOnce    sync.Once
+
+	w writer // the writer goroutine's own state
+}
+
+var _ link.Outbox = (*Outbox)(nil)
+
+// memEntry is a notified entry kept in memory.
+type memEntry struct {
+	seq   uint64
+	frame []byte
+}
+
+// feedback is an ACK (code == "") or an ERR of the link.
+type feedback struct {
+	cluster, id  string
+	code, reason string
+}
+
+// newOutbox makes l's outbox (not started). Called with l's lock held.
+func newOutbox(s *WebSocket, l *link.Link) *Outbox {
+	kind := "client"
+	if l.IsPeer() {
+		kind = "peer"
+	}
+	d := s.m.deliveries
+	o := &Outbox{
+		s:           s,
+		link:        l,
+		id:          l.ID(),
+		log:         s.log.With("link", l.ID()),
+		sent:        d.WithLabelValues(kind, "sent"),
+		acked:       d.WithLabelValues(kind, "acked"),
+		redelivered: d.WithLabelValues(kind, "redelivered"),
+		dead:        d.WithLabelValues(kind, "dead_lettered"),
+		wake:        make(chan struct{}, 1),
+		exited:      make(chan struct{}),
+		behind:      true, // entries may wait in the store from before
+	}
+	if l.Durable() {
+		o.depth = s.m.depth.WithLabelValues(o.id)
+	}
+	o.w.init()
+	return o
+}
+
+// start starts the writer goroutine under ctx (the sink's Start context).
+func (o *Outbox) start(ctx context.Context) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.started || o.closed {
+		return
+	}
+	o.started = true
+	ctx, o.cancel = context.WithCancel(ctx)
+	go o.run(ctx)
+}
+
+// closeNow marks an outbox that was never started as closed.
+func (o *Outbox) closeNow() {
+	o.mu.Lock()
+	o.closed = true
+	o.mu.Unlock()
+}
+
+// signal wakes the writer without blocking.
+func (o *Outbox) signal() {
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+}
+
+// dropMemLocked switches to reading the store. Called with mu held.
+func (o *Outbox) dropMemLocked() {
+	o.behind = true
+	clear(o.mem) // let the frames go
+	o.mem = o.mem[:0]
+	o.memBytes = 0
+}
+
+// Notify implements link.Outbox: entry seq of the link's outbox, holding
+// frame, is committed to the store. The sink calls it in seq order from the
+// fanout stage's goroutine; frame is shared and never modified. The frame is
+// kept in memory only while the writer keeps up and the link is up;
+// otherwise the writer will read the entry from the store.
+func (o *Outbox) Notify(seq uint64, frame []byte) {
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return
+	}
+	if o.depth != nil {
+		o.depth.Inc()
+	}
+	if seq <= o.lastNotified && (o.rewind == 0 || seq < o.rewind) {
+		o.rewind = seq // out of order: make the writer look back
+	}
+	o.lastNotified = max(o.lastNotified, seq)
+	switch {
+	case o.behind:
+	case o.conn == nil || len(o.mem) >= o.s.cfg.MemoryQueue || o.memBytes+len(frame) > memoryBytes:
+		o.dropMemLocked()
+	default:
+		o.mem = append(o.mem, memEntry{seq: seq, frame: frame})
+		o.memBytes += len(frame)
+	}
+	o.mu.Unlock()
+	o.signal()
+}
+
+// Acked implements link.Outbox: the link acknowledged (cluster, id). Called
+// from the ack stage's goroutine; it never blocks.
+func (o *Outbox) Acked(cluster, id string) { o.feed(feedback{cluster: cluster, id: id}) }
+
+// Refused implements link.Outbox: the link answered message id with ERR
+// code and reason. Called from the ack stage's goroutine; it never blocks.
+func (o *Outbox) Refused(id, code, reason string) {
+	if code == "" {
+		code = "unknown"
+	}
+	o.feed(feedback{id: id, code: code, reason: reason})
+}
+
+func (o *Outbox) feed(f feedback) {
+	o.mu.Lock()
+	if o.closed || len(o.feedback) >= maxFeedback {
+		o.mu.Unlock()
+		return
+	}
+	o.feedback = append(o.feedback, f)
+	o.mu.Unlock()
+	o.signal()
+}
+
+// Connected implements link.Outbox: c is the link's live connection. Called
+// by the registry (from a source's goroutine) after Attach. Every call
+// starts a new session: the writer re-sends everything pending from the
+// store, in order, and reads the link's Acks again.
+func (o *Outbox) Connected(c link.Conn) {
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return
+	}
+	o.switchLocked(c)
+	o.mu.Unlock()
+	o.signal()
+}
+
+// Disconnected implements link.Outbox: c is no longer the link's live
+// connection. Called by the registry; a SendData blocked on c returns.
+func (o *Outbox) Disconnected(c link.Conn) {
+	o.mu.Lock()
+	if o.closed || o.conn != c {
+		o.mu.Unlock()
+		return
+	}
+	o.switchLocked(nil)
+	o.mu.Unlock()
+	o.signal()
+}
+
+// switchLocked starts a new session on c (nil: down). Called with mu held.
+func (o *Outbox) switchLocked(c link.Conn) {
+	if o.sessCancel != nil {
+		o.sessCancel()
+		o.sessCancel = nil
+	}
+	o.conn = c
+	o.gen++
+	o.dropMemLocked()
+}
+
+// Close implements link.Outbox: it stops the writer and returns once its
+// goroutine has exited; pending entries stay in the store. Called by the
+// registry (an ephemeral link left, or shutdown) and by the sink's Close;
+// later calls do nothing.
+func (o *Outbox) Close() {
+	o.closeOnce.Do(func() {
+		o.mu.Lock()
+		o.closed = true
+		started, cancel := o.started, o.cancel
+		if o.sessCancel != nil {
+			o.sessCancel()
+			o.sessCancel = nil
+		}
+		o.mu.Unlock()
+		if started {
+			cancel()
+			<-o.exited
+		}
+		o.s.forget(o)
+		if o.depth != nil {
+			o.s.m.depth.DeleteLabelValues(o.id)
+		}
+	})
+}

@@ -1,0 +1,266 @@
+package sinks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/slipstream-sync/slipstream/internal/link"
+	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/pipeline"
+)
+
+// Defaults of the websocket sink (CONFIG.md).
+const (
+	DefaultAckTimeout  = 10 * time.Second
+	DefaultMaxAttempts = 3
+	DefaultWindow      = 256
+	DefaultMemoryQueue = 512
+	DefaultBackoffMax  = time.Minute
+)
+
+// WebSocketConfig is the body of a `sink "websocket"` block.
+type WebSocketConfig struct {
+	AckTimeout  time.Duration `hcl:"ack_timeout,optional" doc:"how long to wait for a link's ACK before sending a delivery again"`
+	MaxAttempts int           `hcl:"max_attempts,optional" doc:"ack timeouts a delivery may spend while its link is up before it is dead-lettered; 0 = retry forever"`
+	Window      int           `hcl:"window,optional" doc:"most unacknowledged deliveries in flight per link"`
+	MemoryQueue int           `hcl:"memory_queue,optional" doc:"deliveries buffered in memory per link before its writer falls back to reading its outbox on disk"`
+	BackoffMax  time.Duration `hcl:"backoff_max,optional" doc:"longest wait between two sends of one delivery (the wait doubles from ack_timeout)"`
+}
+
+// Validate implements pipeline.Validator.
+func (c *WebSocketConfig) Validate() error {
+	switch {
+	case c.AckTimeout <= 0:
+		return &pipeline.FieldError{Field: "ack_timeout", Err: errors.New("must be greater than 0")}
+	case c.MaxAttempts < 0:
+		return &pipeline.FieldError{Field: "max_attempts", Err: errors.New("must be 0 (retry forever) or more")}
+	case c.Window <= 0:
+		return &pipeline.FieldError{Field: "window", Err: errors.New("must be greater than 0")}
+	case c.MemoryQueue < 0:
+		return &pipeline.FieldError{Field: "memory_queue", Err: errors.New("must be 0 (always read from disk) or more")}
+	case c.BackoffMax < c.AckTimeout:
+		return &pipeline.FieldError{Field: "backoff_max", Err: fmt.Errorf("must be at least ack_timeout (%s)", c.AckTimeout)}
+	}
+	return nil
+}
+
+func init() {
+	pipeline.Register(pipeline.Kind{
+		Class: pipeline.ClassSink,
+		Name:  "websocket",
+		Summary: "Delivers stored messages to links: one writer per link sends in order from memory while it keeps up and " +
+			"from the link's durable outbox when it falls behind or comes back, keeps at most `window` deliveries unacked, " +
+			"re-sends after ack_timeout with backoff while the link is up, and dead-letters after max_attempts.",
+		Example: `sink "websocket" "links" {
+  ack_timeout  = "10s"
+  max_attempts = 3
+}
+`,
+		NewConfig: func() any {
+			return &WebSocketConfig{AckTimeout: DefaultAckTimeout, MaxAttempts: DefaultMaxAttempts,
+				Window: DefaultWindow, MemoryQueue: DefaultMemoryQueue, BackoffMax: DefaultBackoffMax}
+		},
+		Build: func(cfg any, bc *pipeline.BuildContext) (any, error) {
+			return NewWebSocket(*cfg.(*WebSocketConfig), bc)
+		},
+	})
+}
+
+// WebSocket is the websocket sink. Its methods are safe for concurrent use.
+//
+// Lock order: Link.mu (held by the registry while it calls the outbox
+// factory) before WebSocket.mu before Outbox.mu; Outbox.mu is never held
+// while calling out of the outbox.
+type WebSocket struct {
+	cfg   WebSocketConfig
+	store *store.Store
+	links *link.Registry
+	log   *slog.Logger
+	m     *metrics
+
+	mu       sync.Mutex
+	outboxes map[*Outbox]struct{}
+	base     context.Context // from Start; nil before
+	closed   bool
+}
+
+var (
+	_ pipeline.Sink    = (*WebSocket)(nil)
+	_ pipeline.Starter = (*WebSocket)(nil)
+	_ pipeline.Closer  = (*WebSocket)(nil)
+)
+
+// NewWebSocket builds the sink (what the kind's Build does) and installs its
+// outbox factory on bc.Links, so every link gets an *Outbox. Writers start
+// with Start.
+func NewWebSocket(cfg WebSocketConfig, bc *pipeline.BuildContext) (*WebSocket, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if bc.Store == nil || bc.Links == nil {
+		return nil, errors.New("the websocket sink needs the store and the link registry")
+	}
+	log := bc.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(bc.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	s := &WebSocket{cfg: cfg, store: bc.Store, links: bc.Links, log: log, m: m, outboxes: map[*Outbox]struct{}{}}
+	bc.Links.SetOutboxFactory(s.newOutbox)
+	return s, nil
+}
+
+// newOutbox is the registry's outbox factory. The registry calls it with
+// l's lock held: it must not call l's locking methods (Tags, Acks, Conn...).
+func (s *WebSocket) newOutbox(l *link.Link) link.Outbox {
+	o := newOutbox(s, l)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		o.closeNow()
+		return o
+	}
+	s.outboxes[o] = struct{}{}
+	if s.base != nil {
+		o.start(s.base)
+	}
+	return o
+}
+
+// forget drops a closed outbox.
+func (s *WebSocket) forget(o *Outbox) {
+	s.mu.Lock()
+	delete(s.outboxes, o)
+	s.mu.Unlock()
+}
+
+// Start implements pipeline.Starter: it starts the writers of every link
+// known so far; outboxes made later start at once. ctx is the instance's
+// hard-stop context: cancelling it stops the writers (Close still must be
+// called). Called once by the runner, before any source runs.
+func (s *WebSocket) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("websocket sink: closed")
+	}
+	if s.base != nil {
+		return nil
+	}
+	s.base = ctx
+	for o := range s.outboxes {
+		o.start(ctx)
+	}
+	return nil
+}
+
+// Deliver implements pipeline.Sink: for every accepted, persisted envelope
+// it notifies the outbox of each recipient link of its entry. It never
+// blocks on the network and never fails: deliveries to links that are slow,
+// down or gone wait in (or were dropped with) their outboxes. Called from
+// the fanout stage's goroutine, in order.
+func (s *WebSocket) Deliver(_ context.Context, batch []*pipeline.Envelope) error {
+	for _, e := range batch {
+		if e.Status != pipeline.Accepted || e.Encoded == nil {
+			continue
+		}
+		for i, id := range e.Recipients {
+			if i >= len(e.Seqs) {
+				break
+			}
+			if e.Seqs[i] == 0 { // the link left before persist
+				continue
+			}
+			l := s.links.Get(id)
+			if l == nil {
+				continue
+			}
+			if ob := l.Outbox(); ob != nil {
+				ob.Notify(e.Seqs[i], e.Encoded)
+			}
+		}
+	}
+	return nil
+}
+
+// Close implements pipeline.Closer: it stops every writer and returns once
+// they have exited; pending deliveries stay in the store. Outboxes made
+// afterwards are inert. Called by the runner after the pipeline drained;
+// safe to call again.
+func (s *WebSocket) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	obs := make([]*Outbox, 0, len(s.outboxes))
+	for o := range s.outboxes {
+		obs = append(obs, o)
+	}
+	s.mu.Unlock()
+	for _, o := range obs {
+		o.Close()
+	}
+	return nil
+}
+
+// metrics are the sink's instruments, shared by its outboxes.
+type metrics struct {
+	deliveries *prometheus.CounterVec // kind (peer|client), outcome
+	depth      *prometheus.GaugeVec   // link
+	rtt        prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slipstream_link_deliveries_total",
+			Help: "Deliveries to links by link kind (peer, client) and outcome: sent, acked, redelivered, dead_lettered.",
+		}, []string{"kind", "outcome"}),
+		depth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "slipstream_outbox_depth",
+			Help: "Pending deliveries in the outbox of each durable link (approximate).",
+		}, []string{"link"}),
+		rtt: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "slipstream_ack_rtt_seconds",
+			Help:    "Time from the last send of a delivery to its ACK.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	var err error
+	if m.deliveries, err = register(reg, m.deliveries); err != nil {
+		return nil, err
+	}
+	if m.depth, err = register(reg, m.depth); err != nil {
+		return nil, err
+	}
+	if m.rtt, err = register(reg, m.rtt); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// register registers c, or returns the collector already registered under
+// its name (a second websocket sink shares the instance's instruments).
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if prev, ok := are.ExistingCollector.(C); ok {
+			return prev, nil
+		}
+	}
+	if err != nil {
+		return c, fmt.Errorf("register websocket sink metrics: %w", err)
+	}
+	return c, nil
+}

@@ -1,0 +1,429 @@
+package sinks
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/slipstream-sync/slipstream/internal/link"
+	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/pipeline"
+)
+
+const wait = 10 * time.Second
+
+func TestConfigValidate(t *testing.T) {
+	kind, _ := pipeline.Lookup(pipeline.ClassSink, "websocket")
+	tests := []struct {
+		name  string
+		mut   func(*WebSocketConfig)
+		field string
+	}{
+		{"defaults", func(*WebSocketConfig) {}, ""},
+		{"ack_timeout", func(c *WebSocketConfig) { c.AckTimeout = 0 }, "ack_timeout"},
+		{"max_attempts", func(c *WebSocketConfig) { c.MaxAttempts = -1 }, "max_attempts"},
+		{"window", func(c *WebSocketConfig) { c.Window = 0 }, "window"},
+		{"memory_queue", func(c *WebSocketConfig) { c.MemoryQueue = -1 }, "memory_queue"},
+		{"backoff_max", func(c *WebSocketConfig) { c.BackoffMax = time.Second }, "backoff_max"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := kind.NewConfig().(*WebSocketConfig)
+			tt.mut(cfg)
+			err := cfg.Validate()
+			var fe *pipeline.FieldError
+			switch {
+			case tt.field == "" && err != nil:
+				t.Fatalf("Validate() = %v", err)
+			case tt.field != "" && (err == nil || !asFieldError(err, &fe) || fe.Field != tt.field):
+				t.Fatalf("Validate() = %v, want a FieldError on %s", err, tt.field)
+			}
+		})
+	}
+}
+
+func asFieldError(err error, fe **pipeline.FieldError) bool {
+	e, ok := err.(*pipeline.FieldError)
+	*fe = e
+	return ok
+}
+
+func TestDeliversInOrderAndDeletesOnAck(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	h := newHarness(t, t.TempDir(), nil)
+	defer h.close()
+
+	rec := recorder{then: h.autoAck("pi-1")}
+	l := h.attach("pi-1", true, rec.conn())
+	h.publish(l, 1, 100)
+	// Envelopes that are not accepted, or whose recipient left before
+	// persist (seq 0), are not delivered.
+	_ = h.sink.Deliver(context.Background(), []*pipeline.Envelope{
+		{Status: pipeline.Duplicate, Encoded: frame(900), Recipients: []string{"pi-1"}, Seqs: []uint64{900}},
+		{Status: pipeline.Accepted, Encoded: frame(901), Recipients: []string{"pi-1", "gone"}, Seqs: []uint64{0, 7}},
+	})
+
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 100)))
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if n := h.pending("pi-1"); n != 0 {
+			return fmt.Errorf("%d entries still pending", n)
+		}
+		return nil
+	})
+	if got := h.counter("sent"); got != 100 {
+		t.Errorf("sent counter = %v, want 100", got)
+	}
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if got := h.counter("acked"); got != 100 {
+			return fmt.Errorf("acked counter = %v, want 100", got)
+		}
+		return nil
+	})
+}
+
+func TestWindowLimitsInFlight(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	const window = 4
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) {
+		c.Window = window
+		c.AckTimeout, c.BackoffMax = time.Hour, time.Hour
+	})
+	defer h.close()
+
+	var acked, violations atomic.Int64
+	var rec recorder
+	rec.then = func(id string, n int) {
+		// The outbox counts an ACK only after it has seen it, so at every
+		// send, sends minus ACKs already given must stay within the window.
+		if int64(n)-acked.Load() > window {
+			violations.Add(1)
+		}
+	}
+	l := h.attach("pi-1", true, rec.conn())
+	h.publish(l, 1, 40)
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, window)))
+
+	for i := 1; i <= 40; i++ {
+		checkFor(t, wait, time.Millisecond, func() error {
+			if n := len(rec.sent()); n < i {
+				return fmt.Errorf("sent %d, want at least %d", n, i)
+			}
+			return nil
+		})
+		acked.Add(1)
+		l.Outbox().Acked("c1", fmt.Sprintf("m%d", i))
+	}
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 40)))
+	if v := violations.Load(); v != 0 {
+		t.Fatalf("%d sends exceeded the window of %d", v, window)
+	}
+}
+
+func TestResendsWithBackoff(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	const timeout = 40 * time.Millisecond
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) {
+		c.AckTimeout, c.BackoffMax, c.MaxAttempts = timeout, 4*timeout, 0
+	})
+	defer h.close()
+
+	var rec recorder
+	l := h.attach("pi-1", true, rec.conn())
+	h.publish(l, 1, 1)
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if n := len(rec.sent()); n < 5 {
+			return fmt.Errorf("sent %d times, want 5", n)
+		}
+		return nil
+	})
+	rec.mu.Lock()
+	times := slices.Clone(rec.times)
+	rec.mu.Unlock()
+	// Waits double from ack_timeout up to backoff_max: 1x 2x 4x 4x.
+	for i, mult := range []time.Duration{1, 2, 4, 4} {
+		if gap := times[i+1].Sub(times[i]); gap < mult*timeout {
+			t.Errorf("send %d came %s after the previous one, want at least %s", i+2, gap, mult*timeout)
+		}
+	}
+	if got := h.counter("redelivered"); got < 4 {
+		t.Errorf("redelivered counter = %v, want at least 4", got)
+	}
+	l.Outbox().Acked("c1", "m1")
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if n := h.pending("pi-1"); n != 0 {
+			return fmt.Errorf("%d entries still pending", n)
+		}
+		return nil
+	})
+}
+
+// dlq waits until the link has n dead letters and returns them.
+func (h *harness) dlq(id string, n int) []store.DeadLetter {
+	h.t.Helper()
+	var got []store.DeadLetter
+	checkFor(h.t, wait, 5*time.Millisecond, func() error {
+		var err error
+		if got, err = h.st.ListDLQ(id, 0); err != nil {
+			return err
+		}
+		if len(got) != n {
+			return fmt.Errorf("%d dead letters, want %d", len(got), n)
+		}
+		return nil
+	})
+	return got
+}
+
+func TestDeadLetterAfterMaxAttempts(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) {
+		c.AckTimeout, c.BackoffMax, c.MaxAttempts = 20*time.Millisecond, 40*time.Millisecond, 3
+	})
+	defer h.close()
+
+	var rec recorder
+	l := h.attach("pi-1", true, rec.conn())
+	h.publish(l, 1, 1)
+	d := h.dlq("pi-1", 1)[0]
+	if d.Reason != "no ACK after 3 attempts" || d.Attempts != 3 || string(d.Message) != string(frame(1)) {
+		t.Fatalf("dead letter = %+v", d)
+	}
+	if got := rec.sent(); len(got) != 3 {
+		t.Errorf("sent %v, want m1 three times", got)
+	}
+	if n := h.pending("pi-1"); n != 0 {
+		t.Errorf("%d entries still pending", n)
+	}
+	if got := h.counter("dead_lettered"); got != 1 {
+		t.Errorf("dead_lettered counter = %v, want 1", got)
+	}
+}
+
+func TestDisconnectKeepsAttemptsAndResendsInOrder(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	// One attempt only: any ack timeout spent would dead-letter at once.
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) {
+		c.AckTimeout, c.BackoffMax, c.MaxAttempts = 2*time.Second, 2*time.Second, 1
+	})
+	defer h.close()
+
+	var first recorder
+	c1 := first.conn()
+	l := h.attach("pi-1", true, c1)
+	h.publish(l, 1, 3)
+	checkFor(t, wait, time.Millisecond, first.wantSent(ids(1, 3)))
+
+	for range 5 {
+		h.links.Detach(l, c1)
+		var next recorder
+		c1 = next.conn()
+		h.attach("pi-1", true, c1)
+		checkFor(t, wait, time.Millisecond, next.wantSent(ids(1, 3)))
+	}
+	for i := 1; i <= 3; i++ {
+		l.Outbox().Acked("c1", fmt.Sprintf("m%d", i))
+	}
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if n := h.pending("pi-1"); n != 0 {
+			return fmt.Errorf("%d entries still pending", n)
+		}
+		return nil
+	})
+	if got, _ := h.st.ListDLQ("pi-1", 0); len(got) != 0 {
+		t.Fatalf("dead letters %+v, want none", got)
+	}
+}
+
+func TestMemoryOverflowFallsBackToStoreInOrder(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) { c.MemoryQueue = 16 })
+	defer h.close()
+
+	rec := recorder{then: h.autoAck("pi-1")}
+	l := h.attach("pi-1", true, rec.conn())
+	const n = 5000
+	for i := 1; i <= n; i += 100 {
+		h.publish(l, i, i+99)
+	}
+	checkFor(t, 30*time.Second, 10*time.Millisecond, rec.wantSent(ids(1, n)))
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if p := h.pending("pi-1"); p != 0 {
+			return fmt.Errorf("%d entries still pending", p)
+		}
+		return nil
+	})
+}
+
+func TestRefusals(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) {
+		c.AckTimeout, c.BackoffMax, c.MaxAttempts = 30*time.Millisecond, 60*time.Millisecond, 1
+	})
+	defer h.close()
+
+	var rec recorder
+	rec.then = func(id string, n int) {
+		ob := h.links.Get("pi-1").Outbox()
+		switch {
+		case id == "m1":
+			ob.Refused(id, "invalid", "SA value must be an array")
+		case id == "m2" && n == 2:
+			ob.Refused(id, "rate_limited", "slow down")
+		case id == "m2":
+			ob.Acked("c1", id) // the retry, not counted as an attempt
+		}
+	}
+	l := h.attach("pi-1", true, rec.conn())
+	h.publish(l, 1, 2)
+	d := h.dlq("pi-1", 1)[0]
+	if d.Reason != "refused by pi-1: invalid: SA value must be an array" || d.Seq != 1 {
+		t.Fatalf("dead letter = %+v", d)
+	}
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if p := h.pending("pi-1"); p != 0 {
+			return fmt.Errorf("%d entries still pending (sent %v)", p, rec.sent())
+		}
+		return nil
+	})
+	if got := rec.sent(); !slices.Equal(got, []string{"m1", "m2", "m2"}) {
+		t.Fatalf("sent %v, want m1 m2 m2", got)
+	}
+	if got, _ := h.st.ListDLQ("pi-1", 0); len(got) != 1 {
+		t.Fatalf("dead letters %+v, want m1 only", got)
+	}
+}
+
+func TestNoAcksDeletesAfterSend(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) { c.Window = 2 })
+	defer h.close()
+
+	var rec recorder
+	c := rec.conn()
+	l, err := h.links.Ensure(link.Spec{ID: "pi-1", Acks: false})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A backlog of several store pages, waiting before the link connects.
+	const n = 3*pageSize + 10
+	h.publish(l, 1, n)
+	h.attach("pi-1", false, c)
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, n)))
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if p := h.pending("pi-1"); p != 0 {
+			return fmt.Errorf("%d entries still pending", p)
+		}
+		return nil
+	})
+}
+
+func TestCloseStopsWritersBlockedOnSlowLinks(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	h := newHarness(t, t.TempDir(), nil)
+
+	var blocked sync.WaitGroup
+	for i := range 20 {
+		c := newFakeConn()
+		var once sync.Once
+		blocked.Add(1)
+		c.sendData = func(ctx context.Context, _ []byte) error {
+			once.Do(blocked.Done)
+			<-ctx.Done() // a link that never reads
+			return ctx.Err()
+		}
+		l := h.attach(fmt.Sprintf("slow-%d", i), true, c)
+		h.publish(l, 1, 3)
+	}
+	// An ephemeral link that leaves has its writer stopped by the registry.
+	var rec recorder
+	eph, err := h.links.Attach(link.Spec{ID: link.NewEphemeralID(), Acks: true}, rec.conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	blocked.Wait()
+	h.links.Detach(eph, eph.Conn())
+
+	done := make(chan struct{})
+	go func() {
+		h.close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(wait):
+		t.Fatal("Close did not return")
+	}
+}
+
+func TestRestartDeliversStoredEntries(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+
+	// Before: the link is known and its outbox holds entries, but no sink
+	// (no writer) exists.
+	st, err := store.Open(dir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	links, err := link.NewRegistry(st, self, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := links.Ensure(link.Spec{ID: "pi-1", Acks: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	(&harness{t: t, st: st}).put(l, 1, 10)
+	links.Close()
+	st.Close()
+
+	h := newHarness(t, dir, nil)
+	defer h.close()
+	rec := recorder{then: h.autoAck("pi-1")}
+	l = h.attach("pi-1", true, rec.conn())
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 10)))
+	// New messages follow, numbered after the stored ones.
+	h.publish(l, 11, 12)
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 12)))
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if p := h.pending("pi-1"); p != 0 {
+			return fmt.Errorf("%d entries still pending", p)
+		}
+		return nil
+	})
+}
+
+// An entry committed after a later seq was already delivered (a DLQ replay
+// racing the persist stage) is still delivered, in memory mode and behind.
+func TestOutOfOrderCommitIsDelivered(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	for _, memQueue := range []int{512, 0} {
+		t.Run(fmt.Sprint("memory_queue=", memQueue), func(t *testing.T) {
+			h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) { c.MemoryQueue = memQueue })
+			defer h.close()
+			rec := recorder{then: h.autoAck("pi-1")}
+			l := h.attach("pi-1", true, rec.conn())
+			h.publish(l, 1, 2)
+			checkFor(t, wait, time.Millisecond, rec.wantSent(ids(1, 2)))
+
+			early, late := l.NextSeq(), l.NextSeq()
+			h.commit(l, late, 4)
+			checkFor(t, wait, time.Millisecond, rec.wantSent([]string{"m1", "m2", "m4"}))
+			h.commit(l, early, 3)
+			checkFor(t, wait, time.Millisecond, rec.wantSent([]string{"m1", "m2", "m4", "m3"}))
+			checkFor(t, wait, 5*time.Millisecond, func() error {
+				if p := h.pending("pi-1"); p != 0 {
+					return fmt.Errorf("%d entries still pending", p)
+				}
+				return nil
+			})
+		})
+	}
+}

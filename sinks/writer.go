@@ -1,0 +1,348 @@
+package sinks
+
+import (
+	"context"
+	"math"
+	"time"
+
+	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/link"
+)
+
+// storeRetry is how long the writer waits after a failed store read.
+const storeRetry = time.Second
+
+// entry is one pending delivery the writer has loaded (ready or in flight).
+type entry struct {
+	seq         uint64
+	frame       []byte
+	key         string // clusterGroupId NUL messageId, for ACKs
+	id          string
+	spent       int       // ack timeouts elapsed while the link was up
+	level       int       // backoff level: the next wait is ack_timeout << level
+	due         time.Time // in flight: when to act
+	sentAt      time.Time
+	sent        bool // sent in this session
+	held        bool // waiting to re-send after rate_limited / overloaded
+	gone        bool // acked or dead-lettered while still in the ready queue
+	nextSameKey *entry
+}
+
+// writer is the state of an Outbox's goroutine; nothing else touches it.
+type writer struct {
+	conn     link.Conn // nil: down
+	sess     context.Context
+	cancel   context.CancelFunc
+	gen      uint64
+	acks     bool // the link acknowledges (read at session start)
+	cursor   uint64
+	ready    []*entry // loaded, not yet sent, in seq order (from head)
+	head     int
+	inflight map[uint64]*entry
+	bySeq    map[uint64]*entry // ready and in flight
+	byKey    map[string]*entry // ready and in flight; duplicates chained
+	carry    map[uint64]int    // attempts spent before a disconnect, by seq
+	deletes  []uint64
+	more     bool      // the last load left entries in the store: load again
+	nextDue  time.Time // no in-flight entry is due before this
+	retryAt  time.Time // after a store error, no read before this
+}
+
+func (w *writer) init() {
+	w.inflight = map[uint64]*entry{}
+	w.bySeq = map[uint64]*entry{}
+	w.byKey = map[string]*entry{}
+	w.carry = map[uint64]int{}
+}
+
+// run is the writer goroutine: apply what the inbox holds, then expire,
+// load and send, then sleep until something changes or is due.
+func (o *Outbox) run(ctx context.Context) {
+	defer close(o.exited)
+	w := &o.w
+	defer func() {
+		o.endSession()
+		o.flushDeletes()
+	}()
+	if o.depth != nil {
+		if n, err := o.s.store.CountOutbox(o.id); err == nil {
+			o.depth.Set(float64(n))
+		}
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for ctx.Err() == nil {
+		o.sync(ctx)
+		o.flushDeletes()
+		o.expire(time.Now())
+		o.load()
+		o.send()
+		o.flushDeletes()
+		if o.canLoad() && w.more {
+			continue // the backlog goes on and nothing else will wake us
+		}
+
+		next := w.nextDue
+		if !w.retryAt.IsZero() && (next.IsZero() || w.retryAt.Before(next)) {
+			next = w.retryAt
+		}
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(max(time.Until(next), time.Millisecond))
+		}
+		var connDone <-chan struct{}
+		if w.conn != nil {
+			connDone = w.conn.Done()
+		}
+		select {
+		case <-ctx.Done():
+		case <-o.wake:
+		case <-timer.C:
+		case <-connDone:
+			o.lost()
+		}
+	}
+}
+
+// sync applies the inbox: ACKs and ERRs first (they may belong to the
+// session that is ending), then a change of connection.
+func (o *Outbox) sync(ctx context.Context) {
+	w := &o.w
+	o.mu.Lock()
+	fb := o.feedback
+	o.feedback = nil
+	conn, gen := o.conn, o.gen
+	o.mu.Unlock()
+	for _, f := range fb {
+		if f.code == "" {
+			o.ack(f.cluster, f.id)
+		} else {
+			o.refuse(f)
+		}
+	}
+	if gen == w.gen {
+		return
+	}
+	o.endSession()
+	w.gen = gen
+	if conn == nil {
+		return
+	}
+	sess, cancel := context.WithCancel(ctx)
+	o.mu.Lock()
+	if o.gen != gen { // changed again meanwhile: the next sync handles it
+		o.mu.Unlock()
+		cancel()
+		return
+	}
+	o.sessCancel = cancel
+	o.mu.Unlock()
+	w.conn, w.sess, w.cancel = conn, sess, cancel
+	w.acks = o.link.Acks()
+	w.cursor = 0
+}
+
+// endSession forgets everything in flight or ready (remembering the
+// attempts already spent); the next session re-reads the store from the
+// beginning.
+func (o *Outbox) endSession() {
+	w := &o.w
+	o.flushDeletes()
+	for seq, e := range w.bySeq {
+		if e.spent > 0 && len(w.carry) < 4*o.s.cfg.Window+pageSize {
+			w.carry[seq] = e.spent
+		}
+	}
+	if w.cancel != nil {
+		w.cancel()
+	}
+	clear(w.ready)
+	w.ready, w.head = w.ready[:0], 0
+	clear(w.inflight)
+	clear(w.bySeq)
+	clear(w.byKey)
+	w.conn, w.sess, w.cancel = nil, nil, nil
+	w.cursor, w.more = 0, false
+	w.nextDue = time.Time{}
+}
+
+// lost handles a connection found closed (Done, or SendData failed) before
+// the registry reported it: the session ends, and the writer waits for the
+// next Connected (the inbox still names c, with the same gen, so the next
+// sync does not adopt it again).
+func (o *Outbox) lost() {
+	c := o.w.conn
+	o.endSession()
+	o.mu.Lock()
+	if o.conn == c {
+		o.dropMemLocked()
+	}
+	o.mu.Unlock()
+}
+
+// load fills the ready queue when it is empty: from memory while the writer
+// keeps up, else one page from the store.
+func (o *Outbox) load() {
+	w := &o.w
+	if !o.canLoad() {
+		return
+	}
+	if !w.retryAt.IsZero() && time.Now().Before(w.retryAt) {
+		return
+	}
+	w.retryAt = time.Time{}
+	o.mu.Lock()
+	behind, mem, rewind, notified := o.behind, o.mem, o.rewind, o.lastNotified
+	if !behind {
+		o.mem, o.memBytes = nil, 0
+	}
+	o.rewind = 0
+	o.mu.Unlock()
+	if rewind != 0 && rewind < w.cursor {
+		w.cursor = rewind
+	}
+	if !behind {
+		o.admitMemory(mem)
+		return
+	}
+	o.flushDeletes() // the page must not bring back what was just acked
+	page, err := o.s.store.ReadOutbox(o.id, w.cursor, pageSize)
+	if err != nil {
+		o.log.Warn("reading the outbox failed; retrying", "err", err)
+		w.retryAt = time.Now().Add(storeRetry)
+		return
+	}
+	for _, en := range page {
+		o.admit(en.Seq, en.Frame)
+	}
+	w.more = len(page) == pageSize
+	if !w.more {
+		// Every entry notified before the read was committed before it, so
+		// the read saw it: caught up, unless more came meanwhile.
+		w.cursor = max(w.cursor, notified+1)
+		o.mu.Lock()
+		if o.gen == w.gen && o.rewind == 0 && o.lastNotified == notified {
+			o.behind = false
+		}
+		o.mu.Unlock()
+	}
+}
+
+// canLoad reports whether the writer could send more right now: the link is
+// up, the window has room and nothing is ready.
+func (o *Outbox) canLoad() bool {
+	w := &o.w
+	return w.conn != nil && (!w.acks || len(w.inflight) < o.s.cfg.Window) && o.readyLen() == 0
+}
+
+// admitMemory admits notified entries. One below the cursor was either
+// loaded from the store already (skipped) or committed out of order; if it
+// is not loaded now, the writer goes back to the store from there (an entry
+// acknowledged meanwhile is gone from the store and is not sent again).
+func (o *Outbox) admitMemory(mem []memEntry) {
+	w := &o.w
+	var low uint64
+	for _, m := range mem {
+		if m.seq < w.cursor {
+			if w.bySeq[m.seq] == nil && (low == 0 || m.seq < low) {
+				low = m.seq
+			}
+			continue
+		}
+		o.admit(m.seq, m.frame)
+	}
+	if low == 0 {
+		return
+	}
+	w.cursor, w.more = low, true
+	o.mu.Lock()
+	if o.gen == w.gen {
+		o.dropMemLocked()
+	}
+	o.mu.Unlock()
+}
+
+// admit adds a loaded entry to the ready queue, skipping entries already
+// loaded. An entry that does not decode can never be acknowledged: it is
+// dead-lettered at once.
+func (o *Outbox) admit(seq uint64, frame []byte) {
+	w := &o.w
+	w.cursor = max(w.cursor, seq+1)
+	if w.bySeq[seq] != nil {
+		return
+	}
+	e := &entry{seq: seq, frame: frame, spent: w.carry[seq]}
+	delete(w.carry, seq)
+	m, err := slipstream.Decode(frame, &slipstream.Limits{MaxFrame: math.MaxInt})
+	if err != nil {
+		o.deadLetter(e, "undecodable outbox entry: "+err.Error())
+		return
+	}
+	e.id, e.key = m.MessageID, m.ClusterGroupID+"\x00"+m.MessageID
+	w.ready = append(w.ready, e)
+	w.bySeq[seq] = e
+	if first := w.byKey[e.key]; first != nil {
+		for first.nextSameKey != nil {
+			first = first.nextSameKey
+		}
+		first.nextSameKey = e
+	} else {
+		w.byKey[e.key] = e
+	}
+}
+
+// readyLen counts the ready entries still to send, dropping gone ones at
+// the head.
+func (o *Outbox) readyLen() int {
+	w := &o.w
+	for w.head < len(w.ready) && w.ready[w.head].gone {
+		w.ready[w.head] = nil
+		w.head++
+	}
+	if w.head == len(w.ready) {
+		w.ready, w.head = w.ready[:0], 0
+	}
+	return len(w.ready) - w.head
+}
+
+// send sends ready entries in order while the window has room.
+func (o *Outbox) send() {
+	w := &o.w
+	for w.conn != nil && (!w.acks || len(w.inflight) < o.s.cfg.Window) && o.readyLen() > 0 {
+		e := w.ready[w.head]
+		if !o.transmit(e) {
+			return
+		}
+		w.ready[w.head] = nil
+		w.head++
+		if w.acks {
+			w.inflight[e.seq] = e
+			continue
+		}
+		o.remove(e) // fire and forget
+		o.deleted(e)
+	}
+}
+
+// transmit hands e's frame to the connection; false when the session ended.
+func (o *Outbox) transmit(e *entry) bool {
+	w := &o.w
+	if err := w.conn.SendData(w.sess, e.frame); err != nil {
+		if w.sess.Err() == nil { // the connection failed, not the session
+			o.lost()
+		}
+		return false
+	}
+	now := time.Now()
+	if e.sent || e.spent > 0 {
+		o.redelivered.Inc()
+	} else {
+		o.sent.Inc()
+	}
+	e.sent, e.held, e.sentAt = true, false, now
+	e.due = now.Add(o.backoff(e.level))
+	if w.nextDue.IsZero() || e.due.Before(w.nextDue) {
+		w.nextDue = e.due
+	}
+	return true
+}

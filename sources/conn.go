@@ -1,0 +1,327 @@
+package sources
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/link"
+	"github.com/slipstream-sync/slipstream/pipeline"
+)
+
+// Queue sizes and deadlines of a connection.
+const (
+	// ControlQueue is how many control frames may wait for the writer; one
+	// more closes the connection as a slow consumer. The reader keeps
+	// in-flight messages plus queued control frames under MaxInFlight, so a
+	// remote that reads its ACKs slowly is slowed down (TCP back-pressure)
+	// long before this is reached.
+	ControlQueue = 2048
+	// MaxInFlight bounds a connection's messages inside the pipeline plus its
+	// control frames waiting to be written; reading pauses at the bound.
+	MaxInFlight = 1024
+	// dataQueue is how many data frames may wait; SendData blocks beyond.
+	// The outbox writer keeps its own window, so this only smooths writes.
+	dataQueue = 16
+	// writeWait bounds every write (and ping) on the socket.
+	writeWait = 10 * time.Second
+	// closeWait bounds the close handshake, and the flush of queued control
+	// frames on a graceful close.
+	closeWait = time.Second
+	// maxCloseReason is the longest reason a close frame can carry.
+	maxCloseReason = 123
+)
+
+// ErrConnClosed is returned by SendData once the connection is closed.
+var ErrConnClosed = errors.New("websocket connection closed")
+
+// Conn is one live WebSocket connection. It implements link.Conn for the
+// link registry, the stages (Reply) and the websocket sink (SendData); the
+// source that owns it reads frames with readFrame from a single goroutine.
+//
+// One writer goroutine per connection owns every data write; control frames
+// are preferred over data. Close may be called from any goroutine.
+type Conn struct {
+	ws     *websocket.Conn
+	remote string
+	hb     HeartbeatConfig
+	log    *slog.Logger
+
+	control chan []byte
+	data    chan []byte
+	done    chan struct{} // closed by Close: no more sends accepted
+	exited  chan struct{} // closed when the writer has closed the socket
+
+	closeOnce   sync.Once
+	closeCode   int // 0: the socket broke, no close frame
+	closeReason string
+
+	rmu         sync.Mutex // guards the read deadline against StopReading
+	readStopped bool
+
+	inflight atomic.Int64  // emitted envelopes not yet out of the pipeline
+	room     chan struct{} // signalled when inflight or the control queue shrinks
+}
+
+var _ link.Conn = (*Conn)(nil)
+
+// newConn wraps an upgraded (or dialled) connection and starts its writer
+// and heartbeat. readLimit is gorilla's hard cap: a frame over it closes the
+// connection with 1009.
+func newConn(ws *websocket.Conn, hb HeartbeatConfig, readLimit int64, log *slog.Logger) *Conn {
+	c := &Conn{
+		ws:      ws,
+		remote:  ws.RemoteAddr().String(),
+		hb:      hb,
+		log:     log,
+		control: make(chan []byte, ControlQueue),
+		data:    make(chan []byte, dataQueue),
+		done:    make(chan struct{}),
+		exited:  make(chan struct{}),
+		room:    make(chan struct{}, 1),
+	}
+	ws.SetReadLimit(readLimit)
+	c.startHeartbeat()
+	go c.writeLoop()
+	return c
+}
+
+// SendControl implements link.Conn: it queues a control frame without
+// blocking. When the control queue is full the remote is not reading fast
+// enough: the connection is closed (1008 "slow consumer") and false is
+// returned, as it is once the connection is closed.
+func (c *Conn) SendControl(frame []byte) bool {
+	select {
+	case <-c.done:
+		return false
+	default:
+	}
+	select {
+	case c.control <- frame:
+		return true
+	default:
+		c.log.Warn("closing a slow consumer: its control queue is full", "remote", c.remote, "queue", ControlQueue)
+		c.Close(websocket.ClosePolicyViolation, "slow consumer")
+		return false
+	}
+}
+
+// SendData implements link.Conn: it queues a data frame, blocking while the
+// data queue is full. It returns ErrConnClosed once the connection is closed
+// and ctx's error when ctx is done first. A frame queued is not yet written:
+// the outbox writer relies on ACKs, not on this call, for delivery.
+func (c *Conn) SendData(ctx context.Context, frame []byte) error {
+	select {
+	case <-c.done:
+		return ErrConnClosed
+	default:
+	}
+	select {
+	case c.data <- frame:
+		return nil
+	case <-c.done:
+		return ErrConnClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close implements link.Conn: it stops accepting frames and has the writer
+// send a close frame with code and reason and close the socket. It never
+// blocks; Done is closed at once and Exited once the socket is closed. A
+// graceful close (1000, 1001) first flushes queued control frames (ACKs of
+// messages in flight) for at most a second. Later calls do nothing.
+func (c *Conn) Close(code int, reason string) {
+	c.closeOnce.Do(func() {
+		if len(reason) > maxCloseReason {
+			reason = reason[:maxCloseReason]
+		}
+		c.closeCode, c.closeReason = code, reason
+		close(c.done)
+		// Cut short a write stuck on a peer that does not read.
+		_ = c.ws.UnderlyingConn().SetWriteDeadline(time.Now().Add(closeWait))
+	})
+}
+
+// Done implements link.Conn: closed once Close was called or the socket
+// broke.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Exited is closed when the writer goroutine has closed the socket.
+func (c *Conn) Exited() <-chan struct{} { return c.exited }
+
+// RemoteAddr implements link.Conn.
+func (c *Conn) RemoteAddr() string { return c.remote }
+
+// writeLoop is the connection's only data writer: control frames first,
+// then data frames, and a ping every heartbeat interval. It ends when Close
+// is called or a write fails, closing the socket on its way out.
+func (c *Conn) writeLoop() {
+	defer close(c.exited)
+	ping := time.NewTicker(c.hb.Interval)
+	defer ping.Stop()
+	for {
+		select {
+		case <-c.done:
+			c.finish()
+			return
+		default:
+		}
+		select {
+		case f := <-c.control:
+			c.write(f)
+			continue
+		default:
+		}
+		select {
+		case <-c.done:
+		case f := <-c.control:
+			c.write(f)
+		case f := <-c.data:
+			c.write(f)
+		case <-ping.C:
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+				c.broken(err)
+			}
+		}
+	}
+}
+
+// signalRoom wakes a reader waiting in waitRoom.
+func (c *Conn) signalRoom() {
+	select {
+	case c.room <- struct{}{}:
+	default:
+	}
+}
+
+// track counts e as in flight until the pipeline is done with it.
+func (c *Conn) track(e *pipeline.Envelope) {
+	c.inflight.Add(1)
+	e.Done = func() {
+		c.inflight.Add(-1)
+		c.signalRoom()
+	}
+}
+
+// waitRoom blocks the reader while the connection's messages in the
+// pipeline plus its queued control frames reach MaxInFlight. It returns
+// false when the connection closes meanwhile.
+func (c *Conn) waitRoom() bool {
+	for c.inflight.Load()+int64(len(c.control)) >= MaxInFlight {
+		select {
+		case <-c.room:
+		case <-c.done:
+			return false
+		}
+	}
+	return true
+}
+
+// write writes one text frame; a failure closes the connection.
+func (c *Conn) write(f []byte) {
+	_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
+	if err := c.ws.WriteMessage(websocket.TextMessage, f); err != nil {
+		c.broken(err)
+	}
+	c.signalRoom()
+}
+
+// broken closes a connection whose socket failed (no close frame is sent).
+func (c *Conn) broken(err error) {
+	c.log.Debug("websocket write failed", "remote", c.remote, "err", err)
+	c.Close(0, "")
+}
+
+// finish runs on the writer after Close: flush control frames when the close
+// is graceful, send the close frame, close the socket.
+func (c *Conn) finish() {
+	defer c.ws.Close()
+	code := c.closeCode
+	if code == 0 {
+		return
+	}
+	deadline := time.Now().Add(closeWait)
+	if code == websocket.CloseNormalClosure || code == websocket.CloseGoingAway {
+		_ = c.ws.SetWriteDeadline(deadline)
+	flush:
+		for {
+			select {
+			case f := <-c.control:
+				if c.ws.WriteMessage(websocket.TextMessage, f) != nil {
+					break flush
+				}
+			default:
+				break flush
+			}
+		}
+	}
+	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, c.closeReason), deadline)
+}
+
+// readFrame reads the next data frame, for the source's read loop (one
+// goroutine). It returns one of:
+//   - frame: a text frame of at most maxFrame bytes, in a fresh slice;
+//   - refusal: a bad frame the source answers with ERR, keeping the
+//     connection (binary, or over maxFrame: read and discarded, never
+//     buffered whole);
+//   - err: the connection is unusable (closed by the remote, heartbeat
+//     timeout, read limit, StopReading); the caller detaches and closes it.
+func (c *Conn) readFrame(maxFrame int) (frame []byte, refusal *slipstream.Error, err error) {
+	mt, r, err := c.ws.NextReader()
+	if err != nil {
+		return nil, nil, err
+	}
+	c.extendRead()
+	if mt != websocket.TextMessage {
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return nil, nil, err
+		}
+		return nil, &slipstream.Error{Code: slipstream.CodeUnsupported,
+			Text: "binary frames are not supported; send one JSON object per text frame"}, nil
+	}
+	frame, err = io.ReadAll(io.LimitReader(r, int64(maxFrame)+1))
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(frame) > maxFrame {
+		n, err := io.Copy(io.Discard, r)
+		if err != nil {
+			return nil, nil, err
+		}
+		c.extendRead()
+		return nil, &slipstream.Error{Code: slipstream.CodeTooLarge,
+			Text: fmt.Sprintf("frame of %d bytes exceeds the limit of %d bytes", int64(len(frame))+n, maxFrame)}, nil
+	}
+	c.extendRead()
+	return frame, nil, nil
+}
+
+// closeCodeFor picks the close code for a read loop that ended with err: the
+// remote's own close is echoed by gorilla already, a timeout is a missed
+// heartbeat, anything else a broken socket.
+func closeCodeFor(err error) (int, string) {
+	var ce *websocket.CloseError
+	switch {
+	case errors.As(err, &ce):
+		return websocket.CloseNormalClosure, ""
+	case errors.Is(err, websocket.ErrReadLimit):
+		return websocket.CloseMessageTooBig, "frame too large"
+	case isTimeout(err):
+		return websocket.CloseGoingAway, "heartbeat timeout"
+	}
+	return 0, ""
+}
+
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
+}

@@ -1,0 +1,289 @@
+package sources
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/link"
+	"github.com/slipstream-sync/slipstream/pipeline"
+)
+
+// Defaults and limits of the websocket_server source.
+const (
+	DefaultListen   = "127.0.0.1:7070"
+	DefaultPath     = "/ws"
+	DefaultMaxFrame = slipstream.DefaultMaxFrame
+	// hardFrameFactor x max_frame is gorilla's read limit: a frame beyond it
+	// is not worth discarding and closes the connection with 1009.
+	hardFrameFactor = 16
+	// maxBadFrames is how many bad frames in a row (binary, too large, bad
+	// HELLO) a connection may send; one more closes it with 1008.
+	maxBadFrames = 100
+)
+
+// ServerConfig is the body of a `source "websocket_server"` block.
+type ServerConfig struct {
+	Listen        string          `hcl:"listen,optional" doc:"address to listen on, host:port (port 0 picks a free one)"`
+	Path          string          `hcl:"path,optional" doc:"URL path of the WebSocket endpoint; other paths answer 404"`
+	DefaultTags   []string        `hcl:"default_tags,optional" doc:"tags of inbound links that declare none (HELLO or ?tags=)"`
+	AllowCommands bool            `hcl:"allow_commands,optional" doc:"links of this listener may issue slipstream.* commands"`
+	Acks          bool            `hcl:"acks,optional" doc:"clients are expected to ACK deliveries unless they opt out (HELLO acks=false or ?acks=false)"`
+	MaxFrame      int             `hcl:"max_frame,optional" doc:"largest text frame accepted, in bytes; larger ones are answered with ERR too_large"`
+	Heartbeat     HeartbeatConfig `hcl:"heartbeat,block" doc:"ping interval and silence timeout"`
+}
+
+// Validate implements pipeline.Validator (the heartbeat block validates
+// itself).
+func (c *ServerConfig) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return &pipeline.FieldError{Field: "listen", Err: fmt.Errorf("want host:port: %w", err)}
+	}
+	if len(c.Path) == 0 || c.Path[0] != '/' {
+		return &pipeline.FieldError{Field: "path", Err: errors.New(`must start with "/"`)}
+	}
+	if err := checkTags(c.DefaultTags); err != nil {
+		return &pipeline.FieldError{Field: "default_tags", Err: err}
+	}
+	if c.MaxFrame <= 0 {
+		return &pipeline.FieldError{Field: "max_frame", Err: errors.New("must be greater than 0")}
+	}
+	return nil
+}
+
+func init() {
+	pipeline.Register(pipeline.Kind{
+		Class: pipeline.ClassSource,
+		Name:  "websocket_server",
+		Summary: "Accepts WebSocket connections from clients and peers, attaches each to its link (HELLO, ?id=&tags=, or a " +
+			"generated con-... id with default_tags), answers HELLO, pings every heartbeat interval, and emits every text " +
+			"frame into the pipeline. Binary and oversized frames are answered with ERR and the connection stays open.",
+		Example: `source "websocket_server" "ingress" {
+  listen       = "127.0.0.1:7070"
+  path         = "/ws"
+  default_tags = ["local"]
+  heartbeat {
+    interval = "10s"
+    timeout  = "30s"
+  }
+}
+`,
+		NewConfig: func() any {
+			return &ServerConfig{Listen: DefaultListen, Path: DefaultPath, Acks: true,
+				MaxFrame: DefaultMaxFrame, Heartbeat: DefaultHeartbeat()}
+		},
+		Build: func(cfg any, bc *pipeline.BuildContext) (any, error) {
+			return NewServer(*cfg.(*ServerConfig), bc)
+		},
+	})
+}
+
+// Server is the websocket_server source. Its methods are safe for
+// concurrent use.
+type Server struct {
+	cfg      ServerConfig
+	self     pipeline.Instance
+	links    *link.Registry
+	log      *slog.Logger
+	upgrader websocket.Upgrader
+
+	listenMu sync.Mutex
+	ln       net.Listener
+
+	mu       sync.Mutex
+	emit     func(*pipeline.Envelope) bool
+	conns    map[*Conn]*link.Link // live connections and their current link
+	stopping bool                 // no new connections; reads are stopping
+	readers  sync.WaitGroup       // read loops
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+var (
+	_ pipeline.Source  = (*Server)(nil)
+	_ pipeline.Starter = (*Server)(nil)
+	_ pipeline.Closer  = (*Server)(nil)
+	_ pipeline.Readier = (*Server)(nil)
+	_ pipeline.Origin  = (*link.Link)(nil)
+)
+
+// NewServer builds a websocket_server source from its config (what the
+// kind's Build does). It does not listen yet: see Start.
+func NewServer(cfg ServerConfig, bc *pipeline.BuildContext) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := cfg.Heartbeat.Validate(); err != nil {
+		return nil, fmt.Errorf("heartbeat.%w", err)
+	}
+	if bc.Links == nil {
+		return nil, errors.New("websocket_server needs the link registry")
+	}
+	log := bc.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{
+		cfg:   cfg,
+		self:  bc.Instance,
+		links: bc.Links,
+		log:   log,
+		upgrader: websocket.Upgrader{
+			HandshakeTimeout: 10 * time.Second,
+			ReadBufferSize:   4096,
+			WriteBufferSize:  4096,
+		},
+		conns:  map[*Conn]*link.Link{},
+		closed: make(chan struct{}),
+	}, nil
+}
+
+// AllowCommands reports the listener's allow_commands; it is also set on
+// every link this source attaches (link.Link.AllowCommands).
+func (s *Server) AllowCommands() bool { return s.cfg.AllowCommands }
+
+// Start implements pipeline.Starter: it binds the listener, so that Addr is
+// known (and a busy port reported) before any source runs. Connections wait
+// in the kernel's backlog until Run serves them. Called once by the runner.
+func (s *Server) Start(context.Context) error {
+	_, err := s.listen()
+	return err
+}
+
+// listen binds the listener once; later calls return it.
+func (s *Server) listen() (net.Listener, error) {
+	s.listenMu.Lock()
+	defer s.listenMu.Unlock()
+	if s.ln != nil {
+		return s.ln, nil
+	}
+	select {
+	case <-s.closed:
+		return nil, errors.New("websocket_server: closed")
+	default:
+	}
+	ln, err := net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("websocket_server: %w", err)
+	}
+	s.ln = ln
+	s.log.Info("listening for WebSocket connections", "addr", ln.Addr().String(), "path", s.cfg.Path)
+	return ln, nil
+}
+
+// Addr is the listening address, nil before Start (or Run).
+func (s *Server) Addr() net.Addr {
+	s.listenMu.Lock()
+	defer s.listenMu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Ready implements pipeline.Readier for /readyz: nil while the listener is
+// bound and the source is not closed.
+func (s *Server) Ready() error {
+	select {
+	case <-s.closed:
+		return errors.New("websocket_server: closed")
+	default:
+	}
+	if s.Addr() == nil {
+		return errors.New("websocket_server: not listening yet")
+	}
+	return nil
+}
+
+// Run implements pipeline.Source: it serves WebSocket connections and emits
+// their frames until ctx is cancelled (or Close is called). It then stops
+// accepting, stops reading every connection (writes go on, so ACKs of
+// messages in flight reach their senders), waits for the read loops and
+// returns nil. An error means the listener failed (fatal for the instance).
+// Called once, by the runner.
+func (s *Server) Run(ctx context.Context, emit func(*pipeline.Envelope) bool) error {
+	ln, err := s.listen()
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.emit = emit
+	s.mu.Unlock()
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(s.serveHTTP),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case <-s.closed:
+	case runErr = <-served:
+		runErr = fmt.Errorf("websocket_server %s: %w", ln.Addr(), runErr)
+	}
+	_ = srv.Close() // stops accepting; upgraded connections are not its own
+	if runErr == nil {
+		<-served
+	}
+	s.stopReads()
+	s.readers.Wait()
+	return runErr
+}
+
+// stopReads refuses new connections and stops reading the live ones.
+func (s *Server) stopReads() {
+	s.mu.Lock()
+	s.stopping = true
+	conns := make([]*Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.StopReading()
+	}
+}
+
+// Close implements pipeline.Closer: it closes the listener and every
+// connection left (1001, detached from its link first) and waits for their
+// writers. Called by the runner after Run returned; safe to call again, or
+// early (Run then returns).
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.listenMu.Lock()
+		if s.ln != nil {
+			_ = s.ln.Close()
+		}
+		s.listenMu.Unlock()
+		s.mu.Lock()
+		s.stopping = true
+		conns := make(map[*Conn]*link.Link, len(s.conns))
+		for c, l := range s.conns {
+			conns[c] = l
+		}
+		s.mu.Unlock()
+		for c, l := range conns {
+			if l != nil {
+				s.links.Detach(l, c)
+			}
+			c.Close(websocket.CloseGoingAway, "instance shutting down")
+		}
+		for c := range conns {
+			<-c.Exited()
+		}
+	})
+	return nil
+}
