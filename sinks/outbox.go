@@ -72,7 +72,8 @@ type feedback struct {
 	code, reason string
 }
 
-// newOutbox makes l's outbox (not started). Called with l's lock held.
+// newOutbox makes l's outbox (not started). Called by the link registry with
+// no link lock held.
 func newOutbox(s *WebSocket, l *link.Link) *Outbox {
 	kind := "client"
 	if l.IsPeer() {

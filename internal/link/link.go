@@ -11,8 +11,9 @@
 // links (generated "con-..." ids) exist only while connected; their pending
 // deliveries are dropped when they disconnect.
 //
-// Lock order: Registry.mu before Link.mu; neither is held while calling into
-// an Outbox or a Conn.
+// Lock order: Registry.obMu, then Registry.mu, then Link.mu; none of them is
+// held while calling into an Outbox or a Conn, except obMu around the
+// outbox factory.
 package link
 
 import (
@@ -91,10 +92,18 @@ type Link struct {
 func (l *Link) ID() string { return l.id }
 
 // IsPeer reports whether the link is another instance.
-func (l *Link) IsPeer() bool { return l.peer }
+func (l *Link) IsPeer() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.peer
+}
 
 // Durable reports whether the link's deliveries survive its disconnection.
-func (l *Link) Durable() bool { return l.durable }
+func (l *Link) Durable() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.durable
+}
 
 // Tags returns the link's tags (do not modify).
 func (l *Link) Tags() []string {

@@ -25,6 +25,7 @@ type Registry struct {
 	self string
 	log  *slog.Logger
 
+	obMu      sync.Mutex // serialises outbox creation (see ensureOutbox)
 	mu        sync.RWMutex
 	links     map[string]*Link
 	newOutbox func(*Link) Outbox
@@ -106,12 +107,29 @@ func (r *Registry) SetOutboxFactory(f func(*Link) Outbox) {
 	}
 	r.mu.Unlock()
 	for _, l := range links {
-		l.mu.Lock()
-		if l.outbox == nil {
-			l.outbox = f(l)
-		}
-		l.mu.Unlock()
+		r.ensureOutbox(l)
 	}
+}
+
+// ensureOutbox gives l its outbox if it has none yet. The factory runs with
+// no link lock held (it may call l's methods); obMu makes creation once.
+func (r *Registry) ensureOutbox(l *Link) Outbox {
+	r.obMu.Lock()
+	defer r.obMu.Unlock()
+	if ob := l.Outbox(); ob != nil {
+		return ob
+	}
+	r.mu.RLock()
+	f := r.newOutbox
+	r.mu.RUnlock()
+	if f == nil {
+		return nil
+	}
+	ob := f(l)
+	l.mu.Lock()
+	l.outbox = ob
+	l.mu.Unlock()
+	return ob
 }
 
 // NewEphemeralID returns a fresh "con-<random>" id.
@@ -165,7 +183,6 @@ func (r *Registry) attach(s Spec, c Conn, beforeSending func()) (*Link, error) {
 		}
 		r.links[s.ID] = l
 	}
-	newOutbox := r.newOutbox
 	r.mu.Unlock()
 
 	l.mu.Lock()
@@ -181,12 +198,9 @@ func (r *Registry) attach(s Spec, c Conn, beforeSending func()) (*Link, error) {
 	if c != nil {
 		l.conn = c
 	}
-	if l.outbox == nil && newOutbox != nil {
-		l.outbox = newOutbox(l)
-	}
-	ob := l.outbox
 	durable := l.durable
 	l.mu.Unlock()
+	ob := r.ensureOutbox(l)
 
 	if durable && changed {
 		if err := r.st.SaveLink(store.LinkRecord{ID: l.id, Tags: s.Tags, Peer: s.Peer, Acks: s.Acks}); err != nil {
