@@ -26,6 +26,7 @@ const (
 	Loop                    // own id already in messagePath: ACK, do not deliver
 	Rejected                // answered with ERR: nothing stored, no ACK
 	Consumed                // a control frame (ACK, ERR) handled by a stage
+	Failed                  // could not be stored: no ACK, the sender retransmits
 )
 
 func (s Status) String() string {
@@ -40,6 +41,8 @@ func (s Status) String() string {
 		return "rejected"
 	case Consumed:
 		return "consumed"
+	case Failed:
+		return "failed"
 	}
 	return "unknown"
 }
@@ -76,7 +79,8 @@ type Envelope struct {
 	Status Status
 	// Recipients are the link ids chosen by tag_filter.
 	Recipients []string
-	// Seqs[i] is the outbox sequence number of Recipients[i], set by persist.
+	// Seqs[i] is the outbox sequence number of Recipients[i], set by persist;
+	// 0 when that link left between tag_filter and persist (nothing stored).
 	Seqs []uint64
 	// Encoded is the message as forwarded (sourceInstanceId = own id), set by
 	// persist and stored in every outbox entry.

@@ -177,8 +177,8 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 	errs := m.Errors.WithLabelValues(r.Name, st.Kind)
 	hist := m.Batches.WithLabelValues(r.Name, st.Kind)
 	queue := m.Queue.WithLabelValues(r.Name, st.Kind)
-	var outcome [Consumed + 1]prometheus.Counter
-	for s := Duplicate; s <= Consumed; s++ {
+	var outcome [Failed + 1]prometheus.Counter
+	for s := Duplicate; s <= Failed; s++ {
 		outcome[s] = m.Messages.WithLabelValues(r.Name, st.Kind, s.String())
 	}
 

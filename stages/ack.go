@@ -39,7 +39,7 @@ func (a *Ack) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pipelin
 	for _, e := range batch {
 		m := e.Msg
 		switch {
-		case m == nil || e.Status == pipeline.Rejected || e.Status == pipeline.Consumed:
+		case m == nil || e.Status == pipeline.Rejected || e.Status == pipeline.Consumed || e.Status == pipeline.Failed:
 			continue
 		case m.Type == slipstream.TypeACK || m.Type == slipstream.TypeERR:
 			a.feedback(e)

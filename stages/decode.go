@@ -23,10 +23,13 @@ type DecodeConfig struct {
 
 // Validate implements pipeline.Validator.
 func (c *DecodeConfig) Validate() error {
-	for name, v := range map[string]int{"max_frame": c.MaxFrame, "max_path": c.MaxPath, "max_message_id": c.MaxMessageID,
-		"max_key": c.MaxKey, "max_tags": c.MaxTags, "max_tag_len": c.MaxTagLen} {
-		if v <= 0 {
-			return &pipeline.FieldError{Field: name, Err: errors.New("must be greater than 0")}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"max_frame", c.MaxFrame}, {"max_path", c.MaxPath}, {"max_message_id", c.MaxMessageID},
+		{"max_key", c.MaxKey}, {"max_tags", c.MaxTags}, {"max_tag_len", c.MaxTagLen}} {
+		if f.v <= 0 {
+			return &pipeline.FieldError{Field: f.name, Err: errors.New("must be greater than 0")}
 		}
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -27,7 +28,7 @@ func init() {
 		Example:   "stage \"persist\" {}\n",
 		NewConfig: func() any { return &noConfig{} },
 		Build: func(_ any, bc *pipeline.BuildContext) (any, error) {
-			p := &Persist{db: bc.Store.DB(), links: bc.Links, self: bc.Instance.ID}
+			p := &Persist{db: bc.Store.DB(), links: bc.Links, self: bc.Instance.ID, log: bc.Logger}
 			if dc, ok := bc.StageConfigs["dedup"].(*DedupConfig); ok {
 				p.window = dc.Window
 			}
@@ -41,22 +42,57 @@ type Persist struct {
 	db     *badger.DB
 	links  *link.Registry
 	self   string
+	log    *slog.Logger
 	window time.Duration // 0: the pipeline has no dedup stage, no markers
 	seen   map[string]struct{}
 }
 
 var _ pipeline.Stage = (*Persist)(nil)
 
-// Process implements pipeline.Stage. An error (the store cannot be written)
-// fails the batch: nothing of it is acknowledged.
+// Process implements pipeline.Stage. The batch is written in one synced
+// transaction, or in several when it exceeds Badger's transaction limits;
+// each message always lies whole in one of them. An error before anything
+// was committed fails the batch; a failure after a partial commit marks the
+// messages that were not committed Failed (no ACK: their senders
+// retransmit) and passes the committed ones on.
 func (p *Persist) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pipeline.Envelope, error) {
 	if p.seen == nil {
 		p.seen = make(map[string]struct{}, len(batch))
 	}
 	clear(p.seen)
+	maxCount, maxSize := p.db.MaxBatchCount()*9/10, p.db.MaxBatchSize()*9/10
 	txn := p.db.NewTransaction(true)
 	defer func() { txn.Discard() }()
-	for _, e := range batch {
+	var pending []*pipeline.Envelope // in txn, not yet committed
+	var count, size int64
+	committed := false
+	commit := func() error {
+		if err := txn.Commit(); err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+		committed = true
+		pending = pending[:0]
+		txn, count, size = p.db.NewTransaction(true), 0, 0
+		return nil
+	}
+	i := 0
+	fail := func(err error) ([]*pipeline.Envelope, error) {
+		if !committed {
+			return nil, err
+		}
+		p.log.Error("store write failed after part of a batch was committed; the rest is not acknowledged", "err", err)
+		for _, e := range pending {
+			e.Status = pipeline.Failed
+		}
+		for _, e := range batch[i:] {
+			if isData(e) {
+				e.Status = pipeline.Failed
+			}
+		}
+		return batch, nil
+	}
+	for ; i < len(batch); i++ {
+		e := batch[i]
 		if !isData(e) {
 			continue
 		}
@@ -72,50 +108,42 @@ func (p *Persist) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pip
 				e.Status = pipeline.Duplicate
 				continue
 			} else if !errors.Is(err, badger.ErrKeyNotFound) {
-				return nil, err
+				return fail(err)
 			}
 		}
 		e.Encoded = p.encode(e)
-		entries := make([]*badger.Entry, 0, 1+len(e.Recipients))
+		n := int64(len(e.Recipients)) + 1
+		sz := n * int64(len(e.Encoded)+len(marker)+64)
+		if count > 0 && (count+n > maxCount || size+sz > maxSize) {
+			if err := commit(); err != nil {
+				return fail(err)
+			}
+		}
 		if p.window > 0 {
-			entries = append(entries, badger.NewEntry(marker, nil).WithTTL(p.window))
+			if err := txn.SetEntry(badger.NewEntry(marker, nil).WithTTL(p.window)); err != nil {
+				return fail(fmt.Errorf("message %s: %w", m.MessageID, err))
+			}
 		}
 		e.Seqs = make([]uint64, len(e.Recipients))
 		for i, id := range e.Recipients {
 			l := p.links.Get(id)
-			if l == nil { // gone since tag_filter (an ephemeral link left)
+			if l == nil { // gone since tag_filter (an ephemeral link left): Seqs[i] stays 0
 				continue
 			}
 			e.Seqs[i] = l.NextSeq()
-			entries = append(entries, badger.NewEntry(store.OutboxKey(id, e.Seqs[i]), e.Encoded))
-		}
-		if err := setAll(txn, entries); errors.Is(err, badger.ErrTxnTooBig) {
-			// Commit what the batch holds so far and start a new transaction:
-			// each message stays whole in one of them.
-			if err := txn.Commit(); err != nil {
-				return nil, fmt.Errorf("commit: %w", err)
+			if err := txn.Set(store.OutboxKey(id, e.Seqs[i]), e.Encoded); err != nil {
+				return fail(fmt.Errorf("message %s: %w", m.MessageID, err))
 			}
-			txn = p.db.NewTransaction(true)
-			if err := setAll(txn, entries); err != nil {
-				return nil, fmt.Errorf("message %s does not fit one transaction: %w", m.MessageID, err)
-			}
-		} else if err != nil {
-			return nil, err
 		}
+		pending = append(pending, e)
+		count, size = count+n, size+sz
 	}
-	if err := txn.Commit(); err != nil {
-		return nil, fmt.Errorf("commit: %w", err)
+	if len(pending) > 0 {
+		if err := txn.Commit(); err != nil {
+			return fail(fmt.Errorf("commit: %w", err))
+		}
 	}
 	return batch, nil
-}
-
-func setAll(txn *badger.Txn, entries []*badger.Entry) error {
-	for _, en := range entries {
-		if err := txn.SetEntry(en); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // encode renders the message as forwarded: sourceInstanceId is this
