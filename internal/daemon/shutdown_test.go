@@ -134,10 +134,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "slipstream")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/slipstream-sync/slipstream/cmd/slipstream").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := slipstreamBinary(t)
 	port := freePort(t)
 	dir := t.TempDir()
 	hcl := strings.Replace(instanceHCL("local-1", filepath.Join(dir, "data"), ""), `listen       = "127.0.0.1:0"`, fmt.Sprintf(`listen = "127.0.0.1:%d"`, port), 1)
