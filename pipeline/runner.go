@@ -47,6 +47,10 @@ type Runner struct {
 	Logger   *slog.Logger
 	Tracer   trace.Tracer // nil: no spans
 	Metrics  *Metrics
+	// LogMessages logs one line per message as it leaves the pipeline
+	// (log.messages): its type, id, link, outcome, recipients and the
+	// stage it left at.
+	LogMessages bool
 
 	startOnce sync.Once
 	stopEmit  chan struct{}
@@ -121,7 +125,7 @@ func (r *Runner) Run(ctx, hard context.Context) error {
 		go func() {
 			defer stagesWG.Done()
 			defer close(chans[i+1])
-			r.runStage(hard, st, chans[i], chans[i+1], i == len(r.Stages)-1)
+			r.runStage(hard, st, chans[i], chans[i+1], i == 0, i == len(r.Stages)-1)
 		}()
 	}
 	// The last channel has no reader but the drain below.
@@ -168,7 +172,7 @@ func (r *Runner) Run(ctx, hard context.Context) error {
 }
 
 // runStage is one stage's loop: take a batch, process it, pass it on.
-func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelope, out chan<- *Envelope, last bool) {
+func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelope, out chan<- *Envelope, first, last bool) {
 	log := r.Logger.With("pipeline", r.Name, "stage", st.Kind)
 	m := r.Metrics
 	passed := m.Messages.WithLabelValues(r.Name, st.Kind, "passed")
@@ -246,7 +250,7 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 			errs.Inc()
 			failed.Add(float64(n))
 			log.Error("stage failed a batch; its messages were not acknowledged", "batch", n, "err", err)
-			r.trace(st.Kind, batch, before, start, end, err)
+			r.trace(st.Kind, first, batch, before, start, end, err)
 			for _, e := range batch {
 				e.finish()
 			}
@@ -255,7 +259,7 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 			}
 			continue
 		}
-		r.trace(st.Kind, batch, before, start, end, nil)
+		r.trace(st.Kind, first, batch, before, start, end, nil)
 		kept := 0
 		for i, e := range batch {
 			if before[i] == Accepted && e.Status != Accepted {
@@ -268,6 +272,7 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 		}
 		for _, e := range batch {
 			if e.mark != round {
+				r.logMessage(st.Kind, e)
 				e.finish() // dropped by this stage
 			}
 		}
@@ -276,6 +281,7 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 				kept++
 			}
 			if last {
+				r.logMessage(st.Kind, e)
 				e.finish()
 				continue
 			}
@@ -298,11 +304,34 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 	}
 }
 
-// trace records one span per envelope for a stage's batch. The first stage
-// that sees an envelope without a trace context gives it one (its span), so
-// every later span of that message, here and on the next instances, belongs
-// to one trace.
-func (r *Runner) trace(kind string, batch []*Envelope, before []Status, start, end time.Time, err error) {
+// logMessage writes the log.messages line of an envelope leaving at stage.
+func (r *Runner) logMessage(stage string, e *Envelope) {
+	if !r.LogMessages {
+		return
+	}
+	attrs := []any{"left_at", stage, "outcome", e.Status.String(),
+		"latency", time.Since(e.Received).String()}
+	if e.From != nil {
+		attrs = append(attrs, "link", e.From.ID())
+	}
+	if m := e.Msg; m != nil {
+		attrs = append(attrs, "type", string(m.Type), "messageId", m.MessageID)
+		if m.Key != "" {
+			attrs = append(attrs, "key", m.Key)
+		}
+	}
+	if len(e.Recipients) > 0 {
+		attrs = append(attrs, "recipients", e.Recipients)
+	}
+	r.Logger.Info("message", attrs...)
+}
+
+// trace records one span per envelope for a stage's batch. The first stage's
+// span (a child of the incoming traceparent, if any) becomes the envelope's
+// context: every later stage's span here is its child, and persist writes it
+// into the forwarded traceparent, so the next instance's spans hang below
+// this one's and a message's whole trip is one trace, in hop order.
+func (r *Runner) trace(kind string, first bool, batch []*Envelope, before []Status, start, end time.Time, err error) {
 	if r.Tracer == nil {
 		return
 	}
@@ -334,7 +363,7 @@ func (r *Runner) trace(kind string, batch []*Envelope, before []Status, start, e
 			}
 		}
 		span.End(trace.WithTimestamp(end))
-		if !trace.SpanContextFromContext(e.Ctx).IsValid() {
+		if first || !trace.SpanContextFromContext(e.Ctx).IsValid() {
 			e.Ctx = ctx
 		}
 	}

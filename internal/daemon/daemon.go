@@ -174,7 +174,8 @@ func (in *Instance) build() error {
 	}
 	rm := pipeline.NewMetrics(in.metrics)
 	for _, pc := range in.cfg.Pipelines {
-		r := &pipeline.Runner{Name: pc.Name, Logger: in.log.With("pipeline", pc.Name), Tracer: in.tracer, Metrics: rm}
+		r := &pipeline.Runner{Name: pc.Name, Logger: in.log.With("pipeline", pc.Name), Tracer: in.tracer, Metrics: rm,
+			LogMessages: in.cfg.Log.Messages}
 		var sinks []pipeline.Sink
 		for _, ref := range pc.Sinks {
 			sinks = append(sinks, in.sinks[ref])

@@ -68,11 +68,16 @@ type testInstance struct {
 
 func startInstance(t *testing.T, hcl string) *testInstance {
 	t.Helper()
+	return startInstanceWith(t, hcl, daemon.Options{})
+}
+
+func startInstanceWith(t *testing.T, hcl string, opts daemon.Options) *testInstance {
+	t.Helper()
 	cfg, diags := pipeline.Load("test.hcl", []byte(hcl))
 	if diags.HasErrors() {
 		t.Fatalf("config: %s", pipeline.FormatDiagnostics(diags))
 	}
-	in, err := daemon.New(cfg, daemon.Options{})
+	in, err := daemon.New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

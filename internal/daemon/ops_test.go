@@ -1,0 +1,99 @@
+package daemon_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/daemon"
+)
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// The admin listener serves /healthz, /readyz and /metrics with per-stage
+// counters; log.messages writes one line per message.
+func TestAdminHealthMetricsAndMessageLog(t *testing.T) {
+	logs := &lockedBuffer{}
+	hcl := strings.Replace(instanceHCL("local-1", t.TempDir(), ""), `level = "warn"`, "level = \"info\"\n  messages = true", 1)
+	in := startInstanceWith(t, hcl, daemon.Options{LogOutput: logs})
+	admin := "http://" + in.AdminAddr()
+
+	if code, body := get(t, admin+"/healthz"); code != 200 || strings.TrimSpace(body) != "ok" {
+		t.Errorf("/healthz = %d %q", code, body)
+	}
+	code, body := get(t, admin+"/readyz")
+	var ready struct {
+		Ready  bool `json:"ready"`
+		Checks []struct {
+			Name string `json:"name"`
+			OK   bool   `json:"ok"`
+		} `json:"checks"`
+	}
+	if err := json.Unmarshal([]byte(body), &ready); err != nil || code != 200 || !ready.Ready || len(ready.Checks) < 2 {
+		t.Errorf("/readyz = %d %s", code, body)
+	}
+
+	pub := hello(t, in.url, "pub")
+	sub := hello(t, in.url, "sub")
+	pub.sendString(sk("obs-1", "k", "1"))
+	if m := pub.next(); m.Type != slipstream.TypeACK {
+		t.Fatalf("got %s", slipstream.Encode(m))
+	}
+	sub.ack(sub.next())
+	pub.sendString(sk("obs-1", "k", "1")) // a duplicate
+	pub.next()
+	pub.sendString(`{"type":"SK"`) // rejected
+	pub.next()
+
+	_, metrics := get(t, admin+"/metrics")
+	for _, want := range []string{
+		`slipstream_stage_messages_total{outcome="passed",pipeline="sync",stage="persist"} 1`,
+		`slipstream_stage_messages_total{outcome="duplicate",pipeline="sync",stage="dedup"} 1`,
+		`slipstream_stage_messages_total{outcome="rejected",pipeline="sync",stage="decode"} 1`,
+		`slipstream_stage_batch_seconds_bucket{pipeline="sync",stage="persist"`,
+		`slipstream_link_deliveries_total{kind="client",outcome="acked"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	checkFor(t, 5e9, 1e7, func() error {
+		l := logs.String()
+		for _, want := range []string{`"msg":"message"`, `"messageId":"obs-1"`, `"outcome":"duplicate"`, `"outcome":"rejected"`, `"outcome":"accepted"`} {
+			if !strings.Contains(l, want) {
+				return errNotYet
+			}
+		}
+		return nil
+	})
+}
