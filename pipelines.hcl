@@ -38,36 +38,33 @@ source "websocket_server" "ingress" {
   # }
 }
 
-# The peer dialler (source "websocket_client") comes with the mesh capability; its
-# configuration is fixed already (CONFIG.md) and goes here:
-#
-# source "websocket_client" "peers" {
-#   # peer "azure-1" {
-#   #   url   = "wss://azure.example.com:7070/ws"
-#   #   tags  = ["azure", "production"]
-#   #   token = env("AZURE_TOKEN")
-#   #   tls {
-#   #     ca_file     = "ca.pem"
-#   #     cert_file   = "me.pem"
-#   #     key_file    = "me-key.pem"
-#   #     server_name = "azure.example.com"
-#   #     insecure_skip_verify = false
-#   #   }
-#   # }
-#   retry {
-#     interval     = "5s"
-#     max_interval = "1m"
-#     attempts     = 10                # 0 = never give up; after the last, wait `cooldown` and start over
-#     cooldown     = "5m"
-#   }
-#   heartbeat {
-#     interval = "10s"
-#     timeout  = "30s"
-#   }
-# }
+source "websocket_client" "peers" {
+  # peer "azure-1" {
+  #   url   = "wss://azure.example.com:7070/ws"
+  #   tags  = ["azure", "production"]
+  #   token = env("AZURE_TOKEN")
+  #   tls {
+  #     ca_file     = "ca.pem"
+  #     cert_file   = "me.pem"
+  #     key_file    = "me-key.pem"
+  #     server_name = "azure.example.com"
+  #     insecure_skip_verify = false
+  #   }
+  # }
+  retry {
+    interval     = "5s"
+    max_interval = "1m"
+    attempts     = 10                # 0 = never give up; after the last, wait `cooldown` and start over
+    cooldown     = "5m"
+  }
+  heartbeat {
+    interval = "10s"
+    timeout  = "30s"
+  }
+}
 
 pipeline "sync" {
-  sources = [source.websocket_server.ingress] # , source.websocket_client.peers
+  sources = [source.websocket_server.ingress, source.websocket_client.peers]
 
   stage "decode" {}
   stage "loop_check" {}

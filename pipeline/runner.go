@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,7 @@ type Runner struct {
 
 	startOnce sync.Once
 	stopEmit  chan struct{}
+	rounds    atomic.Uint64
 }
 
 // Metrics are the runner's per-stage instruments, shared by all pipelines of
@@ -189,7 +191,6 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 	batch := make([]*Envelope, 0, r.MaxBatch)
 	work := make([]*Envelope, 0, r.MaxBatch)
 	before := make([]Status, 0, r.MaxBatch)
-	var round uint64
 	// On a hard stop, whatever is still queued leaves the pipeline unfinished.
 	defer func() {
 		if hard.Err() == nil {
@@ -266,7 +267,9 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 				outcome[e.Status].Inc()
 			}
 		}
-		round++
+		// A round number unique across the runner's stages marks what this
+		// stage passed on; the rest of the batch was dropped here.
+		round := r.rounds.Add(1)
 		for _, e := range outBatch {
 			e.mark = round
 		}

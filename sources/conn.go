@@ -52,6 +52,8 @@ var ErrConnClosed = errors.New("websocket connection closed")
 type Conn struct {
 	ws     *websocket.Conn
 	remote string
+	local  string
+	dialed bool // this instance dialled it (websocket_client)
 	hb     HeartbeatConfig
 	log    *slog.Logger
 
@@ -71,15 +73,20 @@ type Conn struct {
 	room     chan struct{} // signalled when inflight or the control queue shrinks
 }
 
-var _ link.Conn = (*Conn)(nil)
+var (
+	_ link.Conn      = (*Conn)(nil)
+	_ link.Direction = (*Conn)(nil)
+)
 
-// newConn wraps an upgraded (or dialled) connection and starts its writer
-// and heartbeat. readLimit is gorilla's hard cap: a frame over it closes the
-// connection with 1009.
-func newConn(ws *websocket.Conn, hb HeartbeatConfig, readLimit int64, log *slog.Logger) *Conn {
+// newConn wraps an upgraded (dialed false) or dialled (dialed true)
+// connection and starts its writer and heartbeat. readLimit is gorilla's
+// hard cap: a frame over it closes the connection with 1009.
+func newConn(ws *websocket.Conn, dialed bool, hb HeartbeatConfig, readLimit int64, log *slog.Logger) *Conn {
 	c := &Conn{
 		ws:      ws,
 		remote:  ws.RemoteAddr().String(),
+		local:   ws.LocalAddr().String(),
+		dialed:  dialed,
 		hb:      hb,
 		log:     log,
 		control: make(chan []byte, ControlQueue),
@@ -160,6 +167,24 @@ func (c *Conn) Exited() <-chan struct{} { return c.exited }
 
 // RemoteAddr implements link.Conn.
 func (c *Conn) RemoteAddr() string { return c.remote }
+
+// LocalAddr is the local network address.
+func (c *Conn) LocalAddr() string { return c.local }
+
+// Dialed implements link.Direction: true when this instance dialled the
+// connection (websocket_client), false when it accepted it.
+func (c *Conn) Dialed() bool { return c.dialed }
+
+// closedLocally returns the code and reason Close was called with, once
+// Done is closed (0 and "" when the socket broke, or before Close).
+func (c *Conn) closedLocally() (int, string) {
+	select {
+	case <-c.done:
+		return c.closeCode, c.closeReason
+	default:
+		return 0, ""
+	}
+}
 
 // writeLoop is the connection's only data writer: control frames first,
 // then data frames, and a ping every heartbeat interval. It ends when Close

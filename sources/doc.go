@@ -27,6 +27,14 @@
 //     not count.
 //   - Every other text frame is emitted as an envelope whose Raw is a fresh
 //     slice and whose From is the *link.Link.
+//   - An inbound connection is never "dialled" by us (Conn.Dialed is
+//     false): on a peer link (HELLO role "peer", or an id that a
+//     websocket_client peer block declares) it takes part in the tie-break
+//     between duplicate peer connections (see websocket_client). A
+//     connection that loses it is closed with 1000 "duplicate peer
+//     connection" and gets no HELLO answer. When the HELLO names a
+//     configured peer, the peer block's tags, acks and allow_commands apply,
+//     not the HELLO's or the listener's (link.Spec.Configured).
 //
 // The source answers some bad frames itself and keeps the connection open: a
 // binary frame gets ERR unsupported, a frame over max_frame gets ERR
@@ -57,4 +65,77 @@
 // Heartbeat: the writer pings every heartbeat.interval; the read deadline is
 // heartbeat.timeout, extended by every frame and pong, so a silent
 // connection is closed (1001) after the timeout.
+//
+// Both sources read their connections with the same loop (reader in
+// read.go): in-flight credit (at most MaxInFlight envelopes plus queued
+// control frames per connection), ERR for binary and oversized frames,
+// 1008 after too many bad frames in a row, and Envelope.From = the link.
+//
+// # websocket_client
+//
+// The websocket_client source dials the instances listed as `peer "ID"`
+// blocks and keeps one link per peer up. Decisions, beyond CONFIG.md:
+//
+//   - Build loads every peer's TLS files (an unreadable or empty file is a
+//     Build error naming the attribute and the file; relative paths are
+//     relative to the working directory) and declares each peer in the link
+//     registry with Ensure as a durable, Configured peer link: it is a
+//     recipient from the start, and deliveries wait in its outbox until the
+//     first connection. A peer id equal to the instance's own is an error.
+//   - One dialler goroutine per peer. A dial is: WebSocket handshake (TCP,
+//     TLS and upgrade within 10 s; the environment's HTTP(S)_PROXY is
+//     honoured), our HELLO (role peer, acks true, the instance's tags and
+//     cluster group), then the peer's answer within heartbeat.timeout. The
+//     answer must be a HELLO of protocol 1 (or absent) whose instanceId is
+//     the peer block's label; anything else (another id, an ERR, a close)
+//     is a failed attempt, and another id is logged as an error naming both.
+//     The connection is then attached with AttachWith and read with the
+//     server's loop; a HELLO after that goes to the pipeline, whose decode
+//     stage refuses it.
+//   - token is sent as `Authorization: Bearer <token>` and never logged;
+//     URLs are logged without credentials.
+//   - TLS (wss://): TLS 1.2 at least; ca_file replaces the system roots;
+//     cert_file + key_file give a client certificate (mutual TLS);
+//     server_name overrides the URL host for verification;
+//     insecure_skip_verify logs a loud warning at Build. A tls block on a
+//     ws:// URL is a config error.
+//   - Redial policy (backoff.go): the n-th consecutive failure waits a
+//     uniform random delay in [interval, min(max_interval, interval x 2^n)]
+//     (full jitter above the floor). A connection that stayed up at least
+//     max_interval resets the count when it ends, and the redial waits
+//     interval; one that ended sooner counts as a failure, so a flapping
+//     peer backs off like an unreachable one. After `attempts` failures in a
+//     row the dialler waits `cooldown` and starts over from a count of 0;
+//     attempts = 0 never gives up and keeps waiting at most max_interval.
+//   - Both ends dialling: the link registry keeps the connection dialled by
+//     the instance whose id sorts lower (bytewise) and closes the other with
+//     1000 "duplicate peer connection" (link.ErrDuplicate; see package
+//     link). A dialler whose peer id sorts lower than ours does not dial
+//     while the link is up on the peer's connection (that one would win):
+//     it waits for it to end (Conn.Done), then waits interval and checks
+//     again. A dialler whose id sorts lower dials anyway, and its connection
+//     replaces the peer's, so both ends always settle on the same, lower-id
+//     connection. Losing the tie-break is not a failure: the dialler waits
+//     interval and checks again.
+//   - Heartbeat: as for accepted connections (ping every interval, dead
+//     after timeout of silence); a dead peer connection is closed (1001
+//     "heartbeat timeout"), detached, counted and redialled.
+//   - Run stops dialling when its context ends, stops reading every
+//     connection and returns; the connections stay attached so that ACKs of
+//     messages in flight reach the peers. Close detaches and closes them
+//     (1001) and waits for every goroutine.
+//   - Metrics: slipstream_peer_connects_total{peer,outcome} with outcome ok
+//     (attached), error (dial, HELLO or attach failed) or duplicate (the
+//     connection lost the tie-break during the handshake or the attach);
+//     slipstream_peer_heartbeat_timeouts_total{peer}.
+//   - Client.PeerState(id) is "connected" while the peer's link is up (on
+//     either connection), else what the dialler does: idle, connecting,
+//     backoff, cooldown, stopped.
+//
+// Routing by tags across instances (PROTOCOL.md "Routing"): a peer link
+// carries its peer block's tags, so a message targeted at ["gcp"] is sent
+// to the peer whose block says tags = ["gcp"]; that instance applies the
+// same rule to its own links, so at the last hop only clients whose link
+// carries a targeted tag (HELLO tags, ?tags=, else the listener's
+// default_tags) receive it.
 package sources

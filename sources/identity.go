@@ -2,17 +2,15 @@ package sources
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 
-	"github.com/gorilla/websocket"
-
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/link"
+	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
 // This file decides which link an inbound connection belongs to
@@ -130,30 +128,26 @@ func (s *Server) hello(c *Conn, cur *link.Link, spec link.Spec, m *slipstream.Me
 	// before its writer sees c: the remote learns it is attached only when
 	// it is, and the HELLO precedes every pending delivery. If c is closed
 	// meanwhile, the read loop's next read fails and detaches it.
-	reply := s.helloReply()
+	reply := ourHello(s.self)
 	l, err := s.links.AttachWith(next, c, func() { c.SendControl(reply) })
 	if err != nil {
-		s.log.Warn("cannot attach a link named by HELLO", "link", next.ID, "remote", c.RemoteAddr(), "err", err)
-		code := websocket.CloseInternalServerErr
-		if errors.Is(err, link.ErrClosed) {
-			code = websocket.CloseGoingAway
-		}
-		c.Close(code, "cannot attach the link")
+		s.refuseAttach(c, next.ID, err)
 		return nil, spec, err
 	}
-	s.log.Info("link identified by HELLO", "link", l.ID(), "was", cur.ID(), "peer", next.Peer, "acks", next.Acks)
+	s.log.Info("link identified by HELLO", "link", l.ID(), "was", cur.ID(), "peer", l.IsPeer(), "acks", l.Acks())
 	return l, next, nil
 }
 
-// helloReply is our HELLO (PROTOCOL.md "Control frames").
-func (s *Server) helloReply() []byte {
+// ourHello is our HELLO (PROTOCOL.md "Control frames"): the answer of
+// websocket_server and the first frame websocket_client sends.
+func ourHello(self pipeline.Instance) []byte {
 	acks := true
 	return slipstream.Encode(&slipstream.Message{
 		Type:           slipstream.TypeHELLO,
 		Protocol:       slipstream.ProtocolVersion,
-		InstanceID:     s.self.ID,
-		ClusterGroupID: s.self.ClusterGroup,
-		Tags:           s.self.Tags,
+		InstanceID:     self.ID,
+		ClusterGroupID: self.ClusterGroup,
+		Tags:           self.Tags,
 		Role:           slipstream.RolePeer,
 		Acks:           &acks,
 	})

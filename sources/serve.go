@@ -3,13 +3,10 @@ package sources
 import (
 	"errors"
 	"net/http"
-	"time"
 
 	"github.com/gorilla/websocket"
 
-	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/link"
-	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
 // This file serves one connection of the websocket_server source: upgrade,
@@ -39,7 +36,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return // the upgrader answered the request
 	}
-	c := newConn(ws, s.cfg.Heartbeat, hardFrameFactor*int64(s.cfg.MaxFrame), s.log)
+	c := newConn(ws, false, s.cfg.Heartbeat, hardFrameFactor*int64(s.cfg.MaxFrame), s.log)
 
 	s.mu.Lock()
 	if s.stopping {
@@ -61,13 +58,48 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 	l, err := s.links.Attach(spec, c)
 	if err != nil {
-		s.log.Warn("cannot attach an inbound connection", "link", spec.ID, "remote", c.RemoteAddr(), "err", err)
-		c.Close(websocket.CloseInternalServerErr, "cannot attach the link")
+		s.refuseAttach(c, spec.ID, err)
 		return
 	}
 	s.setLink(c, l)
 	s.log.Info("link connected", "link", l.ID(), "remote", c.RemoteAddr(), "durable", spec.Durable)
-	s.readLoop(c, l, spec, emit)
+	rd := &reader{links: s.links, maxFrame: s.cfg.MaxFrame, emit: emit, current: s.setLink,
+		first: func(c *Conn, cur *link.Link, frame []byte) (*link.Link, error) {
+			m := s.helloFrame(frame)
+			if m == nil {
+				return nil, nil
+			}
+			next, nextSpec, err := s.hello(c, cur, spec, m)
+			if err == nil {
+				spec = nextSpec
+			}
+			return next, err
+		}}
+	l, err = rd.run(c, l)
+	switch {
+	case err == nil, errors.Is(err, link.ErrDuplicate):
+	case errors.Is(err, errTooManyBadFrames):
+		s.log.Warn("closed a link that sent too many bad frames", "link", l.ID(), "remote", c.RemoteAddr())
+	default:
+		s.log.Info("link disconnected", "link", l.ID(), "remote", c.RemoteAddr(), "reason", err)
+	}
+}
+
+// refuseAttach closes c, whose link id could not be attached: a peer
+// connection that lost the tie-break (link.ErrDuplicate) with 1000, else
+// with 1001 at shutdown or 1011.
+func (s *Server) refuseAttach(c *Conn, id string, err error) {
+	switch {
+	case errors.Is(err, link.ErrDuplicate):
+		s.log.Info("refused a duplicate peer connection; the other connection of the link stays",
+			"link", id, "remote", c.RemoteAddr())
+		c.Close(websocket.CloseNormalClosure, link.DuplicateReason)
+	case errors.Is(err, link.ErrClosed):
+		c.Close(websocket.CloseGoingAway, "instance shutting down")
+	default:
+		s.log.Warn("cannot attach an inbound connection", "link", id, "remote", c.RemoteAddr(), "err", err)
+		c.Close(websocket.CloseInternalServerErr, "cannot attach the link")
+	}
 }
 
 // setLink records c's current link (for Close).
@@ -77,62 +109,4 @@ func (s *Server) setLink(c *Conn, l *link.Link) {
 		s.conns[c] = l
 	}
 	s.mu.Unlock()
-}
-
-// readLoop reads c until it fails, emitting frames as envelopes of link l
-// (which a first-frame HELLO may change). A read that fails because reading
-// was stopped (shutdown, or emit returned false) leaves c attached for its
-// writes; any other failure detaches and closes it.
-func (s *Server) readLoop(c *Conn, l *link.Link, spec link.Spec, emit func(*pipeline.Envelope) bool) {
-	first, bad := true, 0
-	for {
-		if !c.waitRoom() {
-			s.links.Detach(l, c)
-			return
-		}
-		frame, refusal, err := c.readFrame(s.cfg.MaxFrame)
-		if err != nil {
-			if c.ReadingStopped() {
-				return
-			}
-			code, reason := closeCodeFor(err)
-			s.log.Info("link disconnected", "link", l.ID(), "remote", c.RemoteAddr(), "reason", err)
-			s.links.Detach(l, c)
-			c.Close(code, reason)
-			return
-		}
-		if refusal == nil && first {
-			first = false
-			if m := s.helloFrame(frame); m != nil {
-				next, nextSpec, err := s.hello(c, l, spec, m)
-				switch {
-				case err == nil:
-					l, spec, bad = next, nextSpec, 0
-					s.setLink(c, l)
-					continue
-				case !errors.As(err, &refusal):
-					return // hello closed c
-				}
-				// A bad HELLO is answered below and counts as a bad frame.
-			}
-		}
-		if refusal != nil {
-			if bad++; bad > maxBadFrames {
-				s.log.Warn("closing a link that sent too many bad frames", "link", l.ID(), "remote", c.RemoteAddr())
-				s.links.Detach(l, c)
-				c.Close(websocket.ClosePolicyViolation, "too many bad frames")
-				return
-			}
-			c.SendControl(slipstream.Encode(refusal.Frame()))
-			continue
-		}
-		bad = 0
-		e := &pipeline.Envelope{Raw: frame, From: l, Received: time.Now()}
-		c.track(e)
-		if !emit(e) {
-			e.Done()
-			c.StopReading() // the pipeline is shutting down
-			return
-		}
-	}
 }

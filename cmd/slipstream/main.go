@@ -3,6 +3,7 @@
 //	slipstream run [-c pipelines.hcl]     run an instance (no -c: the embedded default)
 //	slipstream validate [-c file]         check a config; exit 1 with every diagnostic
 //	slipstream bench [flags]              load-test an instance
+//	slipstream dlq ls|replay|purge        list, replay and purge dead letters
 //	slipstream docs                       print the configuration reference
 //	slipstream version                    print the version
 package main
@@ -66,6 +67,7 @@ Commands:
   run       run an instance (-c FILE, default: the embedded pipelines.hcl)
   validate  check a config file and print every problem (-c FILE)
   bench     load-test an instance (slipstream bench -h)
+  dlq       list, replay and purge dead letters (slipstream dlq -h)
   docs      print the configuration reference (Markdown, from the kind registry)
   version   print the version
 
@@ -84,6 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runValidate(rest, stdout, stderr)
 	case "bench":
 		return runBench(ctx, rest, stdout, stderr)
+	case "dlq":
+		return runDLQ(ctx, rest, stdout, stderr)
 	case "docs":
 		return runDocs(rest, stdout)
 	case "version", "--version", "-v":

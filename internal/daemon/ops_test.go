@@ -2,11 +2,13 @@ package daemon_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/daemon"
@@ -75,25 +77,41 @@ func TestAdminHealthMetricsAndMessageLog(t *testing.T) {
 	pub.sendString(`{"type":"SK"`) // rejected
 	pub.next()
 
-	_, metrics := get(t, admin+"/metrics")
-	for _, want := range []string{
-		`slipstream_stage_messages_total{outcome="passed",pipeline="sync",stage="persist"} 1`,
-		`slipstream_stage_messages_total{outcome="duplicate",pipeline="sync",stage="dedup"} 1`,
-		`slipstream_stage_messages_total{outcome="rejected",pipeline="sync",stage="decode"} 1`,
-		`slipstream_stage_batch_seconds_bucket{pipeline="sync",stage="persist"`,
-		`slipstream_link_deliveries_total{kind="client",outcome="acked"} 1`,
-	} {
-		if !strings.Contains(metrics, want) {
-			t.Errorf("/metrics lacks %s", want)
-		}
-	}
-	checkFor(t, 5e9, 1e7, func() error {
-		l := logs.String()
-		for _, want := range []string{`"msg":"message"`, `"messageId":"obs-1"`, `"outcome":"duplicate"`, `"outcome":"rejected"`, `"outcome":"accepted"`} {
-			if !strings.Contains(l, want) {
-				return errNotYet
+	// Counters are updated as envelopes leave each stage, which may be just
+	// after the ACK went out: poll.
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		_, metrics := get(t, admin+"/metrics")
+		for _, want := range []string{
+			// The SK and the subscriber's ACK frame (every envelope counts).
+			`slipstream_stage_messages_total{outcome="passed",pipeline="sync",stage="persist"} 2`,
+			`slipstream_stage_messages_total{outcome="duplicate",pipeline="sync",stage="dedup"} 1`,
+			`slipstream_stage_messages_total{outcome="rejected",pipeline="sync",stage="decode"} 1`,
+			`slipstream_stage_batch_seconds_bucket{pipeline="sync",stage="persist"`,
+			`slipstream_link_deliveries_total{kind="client",outcome="acked"} 1`,
+		} {
+			if !strings.Contains(metrics, want) {
+				return fmt.Errorf("/metrics lacks %s:\n%s", want, grepLines(metrics, "stage=\"persist\""))
 			}
 		}
 		return nil
 	})
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		l := logs.String()
+		for _, want := range []string{`"msg":"message"`, `"messageId":"obs-1"`, `"outcome":"duplicate"`, `"outcome":"rejected"`, `"outcome":"accepted"`} {
+			if !strings.Contains(l, want) {
+				return fmt.Errorf("the message log lacks %s:\n%s", want, l)
+			}
+		}
+		return nil
+	})
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

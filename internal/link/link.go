@@ -11,9 +11,37 @@
 // links (generated "con-..." ids) exist only while connected; their pending
 // deliveries are dropped when they disconnect.
 //
+// # Peer links and duplicate connections
+//
+// Two instances that both dial each other open two connections for one
+// link. Attach keeps one of them, chosen the same way on both sides: the
+// connection dialled by the instance whose id sorts lower (bytewise) wins.
+// Who dialled a connection comes from the optional Direction interface of
+// its Conn (a Conn without it counts as dialled by the remote). When a peer
+// link already has a live connection and a new one attaches:
+//
+//   - both were dialled by the same instance (a reconnection whose old
+//     connection is not yet known dead): the newest wins, as for clients;
+//   - the new one was dialled by the lower id: it wins, and the old one is
+//     closed with code 1000 and reason DuplicateReason;
+//   - the old one was dialled by the lower id: the new one is refused with
+//     ErrDuplicate, and the caller closes it with 1000 and DuplicateReason.
+//
+// Client links keep the simple rule: the newest connection wins and the old
+// one is closed with 1008 "replaced by a newer connection".
+//
+// # Configured links
+//
+// A link declared with Spec.Configured (a peer block of the websocket_client
+// source) keeps its configured tags, acks and command permission, and stays
+// a peer, when a connection attaches with a spec that is not Configured (an
+// inbound connection that names the same id in its HELLO): this instance's
+// configuration, not the remote's claim, decides routing and permissions.
+//
 // Lock order: Registry.obMu, then Registry.mu, then Link.mu; none of them is
 // held while calling into an Outbox or a Conn, except obMu around the
-// outbox factory.
+// outbox factory, and Link.mu around Conn.Done and Direction.Dialed (which
+// must not block or lock) when Attach applies the tie-break.
 package link
 
 import (
@@ -40,6 +68,20 @@ type Conn interface {
 	// RemoteAddr is the remote network address.
 	RemoteAddr() string
 }
+
+// Direction is an optional interface of a Conn: it tells which side opened
+// the connection, for the tie-break between duplicate peer connections (see
+// the package doc). A Conn that does not implement it counts as dialled by
+// the remote.
+type Direction interface {
+	// Dialed reports whether this instance dialled the connection (true) or
+	// accepted it (false). It must not block or lock.
+	Dialed() bool
+}
+
+// DuplicateReason is the close reason of a peer connection that lost the
+// tie-break (close code 1000).
+const DuplicateReason = "duplicate peer connection"
 
 // Outbox is a link's durable, ordered writer, implemented by the websocket
 // sink. Every method is called without registry or link locks held and must
@@ -70,6 +112,11 @@ type Spec struct {
 	// Commands allows the link to issue slipstream.* commands (the
 	// listener's or peer's allow_commands); not recorded in the store.
 	Commands bool
+	// Configured marks a link that this instance's configuration declares
+	// (a websocket_client peer): its tags, acks and Commands win over those
+	// of later specs that are not Configured, and it stays a peer. Not
+	// recorded in the store: the configuration declares it at every start.
+	Configured bool
 }
 
 // Link is one remote party. Its methods are safe for concurrent use.
@@ -78,12 +125,13 @@ type Link struct {
 	peer    bool
 	durable bool
 
-	mu       sync.Mutex
-	tags     []string
-	acks     bool
-	commands bool
-	conn     Conn
-	outbox   Outbox
+	mu         sync.Mutex
+	configured bool
+	tags       []string
+	acks       bool
+	commands   bool
+	conn       Conn
+	outbox     Outbox
 
 	seq atomic.Uint64 // last allocated outbox seq
 }
@@ -103,6 +151,14 @@ func (l *Link) Durable() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.durable
+}
+
+// Configured reports whether this instance's configuration declares the
+// link (Spec.Configured).
+func (l *Link) Configured() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.configured
 }
 
 // Tags returns the link's tags (do not modify).

@@ -16,8 +16,16 @@ import (
 	"github.com/slipstream-sync/slipstream/internal/store"
 )
 
-// ErrClosed is returned by Attach after Close.
-var ErrClosed = errors.New("link registry: closed")
+// Errors of Attach and AttachWith.
+var (
+	// ErrClosed is returned after Close.
+	ErrClosed = errors.New("link registry: closed")
+	// ErrDuplicate is returned when a new connection of a peer link loses
+	// the tie-break against the link's live connection (see the package
+	// doc). Nothing was changed; the caller closes the new connection with
+	// code 1000 and DuplicateReason.
+	ErrDuplicate = errors.New("link registry: " + DuplicateReason)
+)
 
 // Registry holds every link of an instance.
 type Registry struct {
@@ -148,14 +156,17 @@ func (r *Registry) Ensure(s Spec) (*Link, error) {
 
 // Attach makes c the live connection of the link described by s, creating
 // the link if needed. A previous live connection of that link is closed
-// (code 1008, "replaced by a newer connection"). Durable links are recorded
-// in the store before Attach returns.
+// (code 1008, "replaced by a newer connection"), except on peer links, where
+// the tie-break of the package doc decides: the old connection is closed
+// with 1000 and DuplicateReason, or c is refused with ErrDuplicate. Durable
+// links are recorded in the store before Attach returns.
 func (r *Registry) Attach(s Spec, c Conn) (*Link, error) { return r.attach(s, c, nil) }
 
 // AttachWith is Attach with a hook that runs once the link is registered
 // (it is a recipient from then on) and before its outbox starts sending on c.
 // A source answers HELLO there: the client learns it is attached only when it
-// is, and the answer precedes every delivery on c.
+// is, and the answer precedes every pending delivery. The hook does not run
+// when Attach fails (ErrDuplicate included).
 func (r *Registry) AttachWith(s Spec, c Conn, beforeSending func()) (*Link, error) {
 	return r.attach(s, c, beforeSending)
 }
@@ -186,6 +197,25 @@ func (r *Registry) attach(s Spec, c Conn, beforeSending func()) (*Link, error) {
 	r.mu.Unlock()
 
 	l.mu.Lock()
+	if s.Configured {
+		l.configured = true
+	} else if l.configured {
+		// The configuration decides, not the remote's HELLO.
+		s.Tags, s.Acks, s.Commands, s.Peer = l.tags, l.acks, l.commands, true
+	}
+	prev := l.conn
+	if prev != nil && isDone(prev) {
+		prev = nil // closed, its Detach is on its way
+	}
+	replaceCode, replaceReason := 1008, "replaced by a newer connection"
+	if c != nil && prev != nil && prev != c && s.Peer {
+		if keep := r.keeps(s.ID, prev, c); keep == prev {
+			l.mu.Unlock()
+			return nil, ErrDuplicate
+		} else if keep == c {
+			replaceCode, replaceReason = 1000, DuplicateReason
+		}
+	}
 	changed := created || !slices.Equal(l.tags, s.Tags) || l.acks != s.Acks || (s.Durable && !l.durable) || l.peer != s.Peer
 	l.tags = slices.Clone(s.Tags)
 	l.acks = s.Acks
@@ -194,7 +224,7 @@ func (r *Registry) attach(s Spec, c Conn, beforeSending func()) (*Link, error) {
 	if s.Durable {
 		l.durable = true
 	}
-	prev := l.conn
+	prev = l.conn
 	if c != nil {
 		l.conn = c
 	}
@@ -211,7 +241,7 @@ func (r *Registry) attach(s Spec, c Conn, beforeSending func()) (*Link, error) {
 		if ob != nil {
 			ob.Disconnected(prev)
 		}
-		prev.Close(1008, "replaced by a newer connection")
+		prev.Close(replaceCode, replaceReason)
 	}
 	if beforeSending != nil {
 		beforeSending()
@@ -220,6 +250,39 @@ func (r *Registry) attach(s Spec, c Conn, beforeSending func()) (*Link, error) {
 		ob.Connected(c)
 	}
 	return l, nil
+}
+
+// keeps applies the tie-break between two live connections of peer link
+// id: it returns the one dialled by the instance whose id sorts lower, or
+// nil when the same instance dialled both (then the newest wins).
+func (r *Registry) keeps(id string, old, next Conn) Conn {
+	oldBy, nextBy := r.dialledBy(id, old), r.dialledBy(id, next)
+	switch {
+	case oldBy == nextBy:
+		return nil
+	case oldBy < nextBy:
+		return old
+	default:
+		return next
+	}
+}
+
+// dialledBy names the instance that opened c, a connection of link id.
+func (r *Registry) dialledBy(id string, c Conn) string {
+	if d, ok := c.(Direction); ok && d.Dialed() {
+		return r.self
+	}
+	return id
+}
+
+// isDone reports whether c is closed.
+func isDone(c Conn) bool {
+	select {
+	case <-c.Done():
+		return true
+	default:
+		return false
+	}
 }
 
 // Detach ends c's role as l's live connection (no-op if c was already

@@ -1,0 +1,158 @@
+package client_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/slipstream-sync/slipstream/internal/daemon"
+	"github.com/slipstream-sync/slipstream/pipeline"
+
+	// Register every kind.
+	_ "github.com/slipstream-sync/slipstream/sinks"
+	_ "github.com/slipstream-sync/slipstream/sources"
+	_ "github.com/slipstream-sync/slipstream/stages"
+)
+
+// instanceHCL is a one-instance config on 127.0.0.1:0 with its data in a
+// fresh temp dir and the default pipeline's delivery stages.
+func instanceHCL(t *testing.T, id string) string {
+	return fmt.Sprintf(`
+instance {
+  id            = %q
+  cluster_group = "test-group"
+  tags          = ["test"]
+  data_dir      = %q
+}
+admin {
+  listen = "127.0.0.1:0"
+}
+log {
+  level  = "debug"
+  format = "text"
+}
+source "websocket_server" "ingress" {
+  listen       = "127.0.0.1:0"
+  path         = "/ws"
+  default_tags = ["anon"]
+}
+pipeline "sync" {
+  sources = [source.websocket_server.ingress]
+  stage "decode" {}
+  stage "loop_check" {}
+  stage "dedup" {
+    window = "1h"
+  }
+  stage "tag_filter" {}
+  stage "persist" {}
+  stage "ack" {}
+  stage "fanout" {}
+  sinks = [sink.websocket.links]
+}
+sink "websocket" "links" {
+  ack_timeout  = "10s"
+  max_attempts = 3
+}
+`, id, t.TempDir())
+}
+
+// startInstance runs an instance from hcl in-process and returns its
+// WebSocket URL. stop drains it (and is also run at cleanup); the instance's
+// logs are printed when the test fails.
+func startInstance(t *testing.T, hcl string) (url string, stop func()) {
+	t.Helper()
+	cfg, diags := pipeline.Load("test.hcl", []byte(hcl))
+	if diags.HasErrors() {
+		t.Fatalf("config:\n%s", pipeline.FormatDiagnostics(diags))
+	}
+	logs := &syncBuffer{}
+	in, err := daemon.New(cfg, daemon.Options{LogOutput: logs})
+	if err != nil {
+		t.Fatalf("daemon.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	hard, hardCancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- in.Run(ctx, hard) }()
+
+	stop = sync.OnceFunc(func() {
+		cancel()
+		timer := time.NewTimer(20 * time.Second)
+		defer timer.Stop()
+		select {
+		case err = <-ran:
+		case <-timer.C:
+			hardCancel()
+			err = errors.Join(errors.New("graceful stop took over 20s"), <-ran)
+		}
+		hardCancel()
+	})
+	t.Cleanup(func() {
+		stop()
+		if err != nil {
+			t.Errorf("instance Run: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("instance logs:\n%s", logs.String())
+		}
+	})
+
+	src, ok := in.Source("websocket_server.ingress").(interface{ Addr() net.Addr })
+	if !ok {
+		t.Fatalf("source websocket_server.ingress has no Addr method")
+	}
+	var addr net.Addr
+	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		select {
+		case err := <-ran:
+			ran <- err
+			return fmt.Errorf("instance stopped: %v", err)
+		default:
+		}
+		if addr = src.Addr(); addr == nil {
+			return errors.New("websocket_server is not listening yet")
+		}
+		return nil
+	})
+	return "ws://" + addr.String() + "/ws", stop
+}
+
+// checkFor calls fn every interval until it returns nil, failing the test
+// with fn's last error after timeout.
+func checkFor(t testing.TB, timeout, interval time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %v", timeout, err)
+		}
+		time.Sleep(interval)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,357 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+)
+
+// The bench's bounds.
+const (
+	benchDefaultCount = 100000
+	benchMaxCount     = 10_000_000       // -duration alone, closed loop
+	benchMaxDuration  = 10 * time.Minute // -duration 0
+)
+
+// benchOptions are the bench's flags.
+type benchOptions struct {
+	URL          string        `json:"url,omitempty"`
+	Publishers   int           `json:"publishers"`
+	Subscribers  int           `json:"subscribers"`
+	Size         int           `json:"size"`
+	Count        int64         `json:"count"`
+	Duration     time.Duration `json:"-"`
+	Rate         float64       `json:"rate"`
+	Inflight     int           `json:"inflight"`
+	Warmup       int64         `json:"warmup"`
+	Baseline     string        `json:"baseline,omitempty"`
+	DrainTimeout time.Duration `json:"-"`
+	JSON         bool          `json:"-"`
+	Progress     time.Duration `json:"-"`
+	CPUProfile   string        `json:"-"`
+	DurationText string        `json:"duration"`
+}
+
+func parseBenchFlags(args []string, stderr io.Writer) (*benchOptions, error) {
+	o := &benchOptions{}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `Usage: slipstream bench [flags]
+
+Load-tests an instance: publishers send SK messages (closed loop, or open loop
+at -rate), subscribers receive and ACK them; it reports publish and delivery
+throughput, publish->ACK and publish->delivery latency, and checks that every
+subscriber got every ACKed message exactly once (exit 1 if not). Without
+-url it runs the embedded default pipeline in-process on 127.0.0.1 with a
+temp data dir. Only 127.0.0.1 traffic when in-process.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.URL, "url", "", "an instance's WebSocket URL (ws://host:port/ws); empty: run one in-process")
+	fs.IntVar(&o.Publishers, "publishers", 1, "publishing connections")
+	fs.IntVar(&o.Subscribers, "subscribers", 1, "subscribing connections (HELLO ids bench-sub-<i>)")
+	fs.IntVar(&o.Size, "size", 300, "message frame size in bytes (approximate; padded)")
+	fs.Int64Var(&o.Count, "count", benchDefaultCount, "messages to measure (after -warmup); with only -duration: unbounded up to the time")
+	fs.DurationVar(&o.Duration, "duration", 0, "stop publishing after this long (0: at most "+benchMaxDuration.String()+")")
+	fs.Float64Var(&o.Rate, "rate", 0, "open loop: messages per second over all publishers (0: closed loop, as fast as ACKs allow)")
+	fs.IntVar(&o.Inflight, "inflight", 256, "publishes in flight per publisher (closed loop; the open loop's cap defaults to one second of -rate)")
+	fs.Int64Var(&o.Warmup, "warmup", 0, "messages sent first and left out of every figure")
+	fs.StringVar(&o.Baseline, "baseline", "", `"relay": also measure a bare JSON WebSocket relay in this process and print the ratio`)
+	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 30*time.Second, "how long to wait for outstanding ACKs and deliveries after publishing")
+	fs.BoolVar(&o.JSON, "json", false, "print the summary as JSON")
+	fs.DurationVar(&o.Progress, "progress", time.Second, "interval of the progress line on stderr (0: none)")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole process (instance, relay and clients) to this file")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return nil, err
+		}
+		return nil, &exitCodeError{code: exitUsage}
+	}
+	if fs.NArg() > 0 {
+		return nil, &usageError{fmt.Sprintf("bench takes no arguments (got %q)", fs.Args())}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch {
+	case o.Publishers < 1 || o.Subscribers < 0:
+		return nil, &usageError{"bench needs -publishers >= 1 and -subscribers >= 0"}
+	case o.Count < 1 || o.Warmup < 0:
+		return nil, &usageError{"bench needs -count >= 1 and -warmup >= 0"}
+	case o.Duration < 0 || o.Rate < 0 || math.IsInf(o.Rate, 0) || math.IsNaN(o.Rate):
+		return nil, &usageError{"-duration and -rate must not be negative"}
+	case o.Inflight < 1:
+		return nil, &usageError{"bench needs -inflight >= 1"}
+	case o.Baseline != "" && o.Baseline != "relay":
+		return nil, &usageError{fmt.Sprintf("unknown -baseline %q (known: relay)", o.Baseline)}
+	case o.Size < 0 || o.Size > 1<<20:
+		return nil, &usageError{"-size must be between 0 and 1048576"}
+	}
+	if set["duration"] && !set["count"] {
+		// Bounded by time; the count is only a safety bound.
+		o.Count = benchMaxCount
+		if o.Rate > 0 {
+			o.Count = max(1, int64(math.Ceil(o.Rate*o.Duration.Seconds())))
+		}
+	}
+	if o.Count+o.Warmup > benchMaxCount {
+		return nil, &usageError{fmt.Sprintf("-count plus -warmup may be at most %d", benchMaxCount)}
+	}
+	if o.Rate > 0 && !set["inflight"] {
+		// Open loop: room for a second of the rate, so that the cap does not
+		// hold the schedule back (which would hide latency).
+		o.Inflight = max(o.Inflight, int(math.Ceil(o.Rate/float64(o.Publishers))))
+	}
+	if o.Duration == 0 {
+		o.Duration = benchMaxDuration
+	}
+	o.DurationText = o.Duration.String()
+	return o, nil
+}
+
+// benchSummary is what the bench prints.
+type benchSummary struct {
+	Machine  benchMachine  `json:"machine"`
+	Options  *benchOptions `json:"options"`
+	Result   *loadResult   `json:"result"`
+	Baseline *loadResult   `json:"baseline,omitempty"`
+	// Ratio is result / baseline for each figure (throughput: higher is
+	// better for the instance; latency: lower is better).
+	Ratio map[string]float64 `json:"ratio,omitempty"`
+}
+
+type benchMachine struct {
+	CPUs      int    `json:"cpus"`
+	GoVersion string `json:"go"`
+	OS        string `json:"os"`
+}
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseBenchFlags(args, stderr)
+	if err == flag.ErrHelp {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	sum := &benchSummary{
+		Machine: benchMachine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH},
+		Options: o,
+	}
+	if o.URL != "" {
+		sum.Result, err = runLoad(ctx, o, o.URL, "instance", nil, stderr)
+	} else {
+		sum.Result, err = benchLocal(ctx, o, stderr)
+	}
+	if err != nil {
+		return err
+	}
+	if o.Baseline == "relay" {
+		r, err := startRelay()
+		if err != nil {
+			return fmt.Errorf("bench: start the relay: %w", err)
+		}
+		sum.Baseline, err = runLoad(ctx, o, r.url(), "relay", nil, stderr)
+		r.close()
+		if err != nil {
+			return err
+		}
+		sum.Ratio = ratios(sum.Result, sum.Baseline)
+	}
+
+	if o.JSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(sum); err != nil {
+			return err
+		}
+	} else {
+		printSummary(stdout, sum)
+	}
+	var bad []string
+	for _, r := range []*loadResult{sum.Result, sum.Baseline} {
+		if r != nil && (r.Missing > 0 || r.Duplicates > 0 || r.Unexpected > 0) {
+			bad = append(bad, fmt.Sprintf("%s: %d missing, %d duplicate, %d unexpected deliveries",
+				r.Target, r.Missing, r.Duplicates, r.Unexpected))
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("bench: delivery check failed: %s", strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+// benchLocal runs the load against an in-process instance and stops it
+// (removing its data) before returning.
+func benchLocal(ctx context.Context, o *benchOptions, stderr io.Writer) (*loadResult, error) {
+	local, err := startLocal(stderr)
+	if err != nil {
+		return nil, fmt.Errorf("bench: start the in-process instance: %w", err)
+	}
+	res, err := runLoad(ctx, o, local.url, "slipstream", local, stderr)
+	if serr := local.stop(); serr != nil && err == nil {
+		err = fmt.Errorf("bench: stop the in-process instance: %w", serr)
+	}
+	return res, err
+}
+
+func ratios(r, b *loadResult) map[string]float64 {
+	ratio := func(x, y float64) float64 {
+		if y == 0 {
+			return 0
+		}
+		return math.Round(x/y*1000) / 1000
+	}
+	return map[string]float64{
+		"publish_msgs_per_s":   ratio(r.PublishRate, b.PublishRate),
+		"delivered_msgs_per_s": ratio(mean(r.DeliveredRates), mean(b.DeliveredRates)),
+		"ack_p50":              ratio(r.AckLatency.P50, b.AckLatency.P50),
+		"ack_p99":              ratio(r.AckLatency.P99, b.AckLatency.P99),
+		"delivery_p50":         ratio(r.DeliveryLatency.P50, b.DeliveryLatency.P50),
+		"delivery_p99":         ratio(r.DeliveryLatency.P99, b.DeliveryLatency.P99),
+	}
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	var s float64
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+func printSummary(w io.Writer, s *benchSummary) {
+	o := s.Options
+	mode := fmt.Sprintf("closed loop, %d in flight per publisher", o.Inflight)
+	if o.Rate > 0 {
+		mode = fmt.Sprintf("open loop at %.0f msgs/s (at most %d in flight per publisher)", o.Rate, o.Inflight)
+	}
+	fmt.Fprintf(w, "slipstream bench: %d publisher(s), %d subscriber(s), ~%d-byte frames, %s; %s, %d CPUs\n\n",
+		o.Publishers, o.Subscribers, s.Result.FrameBytes, mode, s.Machine.GoVersion, s.Machine.CPUs)
+	runs := []*loadResult{s.Result}
+	if s.Baseline != nil {
+		runs = append(runs, s.Baseline)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
+	row := func(name string, f func(r *loadResult) string, ratio string) {
+		fmt.Fprint(tw, name)
+		for _, r := range runs {
+			fmt.Fprint(tw, "\t"+f(r))
+		}
+		if s.Baseline != nil {
+			if v, ok := s.Ratio[ratio]; ok {
+				fmt.Fprintf(tw, "\t%.3f", v)
+			} else {
+				fmt.Fprint(tw, "\t")
+			}
+		}
+		fmt.Fprintln(tw)
+	}
+	header := "\t" + s.Result.Target
+	if s.Baseline != nil {
+		header += "\t" + s.Baseline.Target + " (baseline)\tratio"
+	}
+	fmt.Fprintln(tw, header)
+	lat := func(l func(r *loadResult) latency, q func(latency) float64) func(r *loadResult) string {
+		return func(r *loadResult) string { return fmt.Sprintf("%.3f ms", q(l(r))) }
+	}
+	ack := func(r *loadResult) latency { return r.AckLatency }
+	dlv := func(r *loadResult) latency { return r.DeliveryLatency }
+	row("messages measured (sent, incl. warmup)", func(r *loadResult) string {
+		return fmt.Sprintf("%d (%d)", r.Messages, r.Sent)
+	}, "")
+	row("duration", func(r *loadResult) string { return fmt.Sprintf("%.2fs", r.DurationSeconds) }, "")
+	row("publish msgs/s (ACKed)", func(r *loadResult) string { return fmt.Sprintf("%.0f", r.PublishRate) }, "publish_msgs_per_s")
+	row("delivered msgs/s per subscriber", func(r *loadResult) string {
+		parts := make([]string, len(r.DeliveredRates))
+		for i, v := range r.DeliveredRates {
+			parts[i] = fmt.Sprintf("%.0f", v)
+		}
+		return strings.Join(parts, " ")
+	}, "delivered_msgs_per_s")
+	for _, q := range []struct {
+		name, key string
+		f         func(latency) float64
+	}{
+		{"p50", "p50", func(l latency) float64 { return l.P50 }},
+		{"p90", "", func(l latency) float64 { return l.P90 }},
+		{"p99", "p99", func(l latency) float64 { return l.P99 }},
+		{"p99.9", "", func(l latency) float64 { return l.P999 }},
+		{"max", "", func(l latency) float64 { return l.Max }},
+	} {
+		key := ""
+		if q.key != "" {
+			key = "ack_" + q.key
+		}
+		row("publish->ACK "+q.name, lat(ack, q.f), key)
+	}
+	for _, q := range []struct {
+		name, key string
+		f         func(latency) float64
+	}{
+		{"p50", "p50", func(l latency) float64 { return l.P50 }},
+		{"p90", "", func(l latency) float64 { return l.P90 }},
+		{"p99", "p99", func(l latency) float64 { return l.P99 }},
+		{"p99.9", "", func(l latency) float64 { return l.P999 }},
+		{"max", "", func(l latency) float64 { return l.Max }},
+	} {
+		key := ""
+		if q.key != "" {
+			key = "delivery_" + q.key
+		}
+		row("publish->delivery "+q.name, lat(dlv, q.f), key)
+	}
+	if o.Rate > 0 {
+		row("send lag behind schedule p99 / max", func(r *loadResult) string {
+			return fmt.Sprintf("%.3f / %.3f ms", r.ScheduleLag.P99, r.ScheduleLag.Max)
+		}, "")
+	}
+	row("publish errors (unACKed)", func(r *loadResult) string { return fmt.Sprintf("%d (%d)", r.Errors, r.Unacked) }, "")
+	row("missing / duplicate deliveries", func(r *loadResult) string {
+		return fmt.Sprintf("%d / %d", r.Missing, r.Duplicates)
+	}, "")
+	if s.Result.OutboxLeft != nil {
+		row("outbox entries left after the run", func(r *loadResult) string {
+			if r.OutboxLeft == nil {
+				return "-"
+			}
+			return fmt.Sprint(*r.OutboxLeft)
+		}, "")
+	}
+	tw.Flush()
+	for _, r := range runs {
+		for _, e := range r.ErrorSamples {
+			fmt.Fprintf(w, "%s error: %s\n", r.Target, e)
+		}
+	}
+}

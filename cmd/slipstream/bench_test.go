@@ -1,0 +1,125 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestBenchInProcess(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	var stdout, stderr bytes.Buffer
+	err := runBench(context.Background(), []string{"-count", "2000", "-publishers", "2", "-subscribers", "2",
+		"-warmup", "100", "-json", "-progress", "100ms"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("runBench: %v\nstderr:\n%s", err, stderr.String())
+	}
+	var sum benchSummary
+	if err := json.Unmarshal(stdout.Bytes(), &sum); err != nil {
+		t.Fatalf("-json output does not parse: %v\n%s", err, stdout.String())
+	}
+	r := sum.Result
+	if r == nil {
+		t.Fatalf("no result in %s", stdout.String())
+	}
+	if r.Missing != 0 || r.Duplicates != 0 || r.Unexpected != 0 {
+		t.Errorf("missing %d, duplicates %d, unexpected %d; want 0", r.Missing, r.Duplicates, r.Unexpected)
+	}
+	if r.Sent != 2100 || r.Messages != 2000 || r.Acked != 2100 || r.Errors != 0 || r.Unacked != 0 {
+		t.Errorf("sent %d (measured %d), acked %d, errors %d, unacked %d; want 2100 (2000), 2100, 0, 0",
+			r.Sent, r.Messages, r.Acked, r.Errors, r.Unacked)
+	}
+	if r.AckLatency.Count != 2000 || r.DeliveryLatency.Count != 4000 {
+		t.Errorf("latency samples: ACK %d, delivery %d; want 2000 and 4000 (warmup excluded)", r.AckLatency.Count, r.DeliveryLatency.Count)
+	}
+	if r.PublishRate <= 0 || len(r.DeliveredRates) != 2 || r.DeliveredRates[0] <= 0 || r.DeliveredRates[1] <= 0 {
+		t.Errorf("rates: publish %v, delivered %v", r.PublishRate, r.DeliveredRates)
+	}
+	if r.OutboxLeft == nil || *r.OutboxLeft != 0 {
+		t.Errorf("outbox entries left = %v, want 0", r.OutboxLeft)
+	}
+	if r.AckLatency.P50 <= 0 || r.AckLatency.P50 > r.AckLatency.P99 || r.AckLatency.P99 > r.AckLatency.Max {
+		t.Errorf("ACK latency quantiles out of order: %+v", r.AckLatency)
+	}
+	if !strings.Contains(stderr.String(), "bench slipstream") {
+		t.Errorf("no progress line on stderr:\n%s", stderr.String())
+	}
+}
+
+func TestBenchRelayBaselineOpenLoop(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	var stdout, stderr bytes.Buffer
+	err := runBench(context.Background(), []string{"-rate", "2000", "-duration", "500ms", "-subscribers", "2",
+		"-baseline", "relay", "-progress", "0"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("runBench: %v\nstderr:\n%s", err, stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{"relay (baseline)", "ratio", "publish msgs/s (ACKed)", "publish->delivery p99.9",
+		"send lag behind schedule", "missing / duplicate deliveries"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q:\n%s", want, out)
+		}
+	}
+	if got := strings.Count(out, "0 / 0 "); got < 2 { // missing / duplicates, both targets
+		t.Errorf("want 0 missing / 0 duplicates for both targets:\n%s", out)
+	}
+	if strings.Contains(out, "1000 (1000)") == false {
+		t.Errorf("-rate 2000 -duration 500ms should send 1000 messages:\n%s", out)
+	}
+}
+
+func TestBenchFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-baseline", "nats"}, `unknown -baseline "nats"`},
+		{[]string{"-publishers", "0"}, "-publishers >= 1"},
+		{[]string{"-count", "0"}, "-count >= 1"},
+		{[]string{"extra"}, "no arguments"},
+	} {
+		err := runBench(context.Background(), tc.args, &bytes.Buffer{}, &bytes.Buffer{})
+		var ue *usageError
+		if !errors.As(err, &ue) || !strings.Contains(ue.msg, tc.want) {
+			t.Errorf("runBench %q = %v, want a usage error with %q", tc.args, err, tc.want)
+		}
+	}
+	o, err := parseBenchFlags([]string{"-rate", "100", "-duration", "2s"}, &bytes.Buffer{})
+	if err != nil || o.Count != 200 || o.Duration != 2*time.Second || o.Inflight != 256 {
+		t.Errorf("-rate 100 -duration 2s: count %d duration %s inflight %d err %v; want 200 messages in 2s, 256 in flight",
+			o.Count, o.Duration, o.Inflight, err)
+	}
+	o, err = parseBenchFlags([]string{"-rate", "10000", "-publishers", "2"}, &bytes.Buffer{})
+	if err != nil || o.Inflight != 5000 || o.Count != benchDefaultCount {
+		t.Errorf("-rate 10000 -publishers 2: inflight %d count %d err %v; want a second of the rate per publisher", o.Inflight, o.Count, err)
+	}
+}
+
+func TestHistogramQuantiles(t *testing.T) {
+	var h histogram
+	for i := 1; i <= 10000; i++ {
+		h.record(time.Duration(i) * time.Microsecond)
+	}
+	for _, tc := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 5 * time.Millisecond}, {0.99, 9900 * time.Microsecond}, {1, 10 * time.Millisecond}} {
+		got := h.quantile(tc.q)
+		if diff := float64(got-tc.want) / float64(tc.want); diff < 0 || diff > 0.016 {
+			t.Errorf("quantile(%v) = %s, want %s within +1.6%%", tc.q, got, tc.want)
+		}
+	}
+	for _, v := range []int64{0, 1, 127, 128, 129, 1 << 20, 1<<62 + 12345} {
+		i := histIndex(v)
+		if histUpper(i) < v || (i > 0 && histUpper(i-1) >= v) {
+			t.Errorf("value %d in bucket %d with upper %d (previous upper %d)", v, i, histUpper(i), histUpper(i-1))
+		}
+	}
+}

@@ -1,0 +1,103 @@
+package sources
+
+import (
+	"errors"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/link"
+	"github.com/slipstream-sync/slipstream/pipeline"
+)
+
+// This file is the read side of a connection, shared by websocket_server
+// (accepted connections) and websocket_client (dialled ones).
+
+// Why a read loop ended without a read error.
+var (
+	errTooManyBadFrames = errors.New("too many bad frames")
+	errClosedMeanwhile  = errors.New("connection closed while waiting for the pipeline")
+)
+
+// firstFrameFunc is offered the first text frame of a connection attached to
+// l (websocket_server: a HELLO). It returns
+//   - nil, nil: not for it; the frame is emitted as usual;
+//   - next, nil: it consumed the frame; the loop goes on as link next;
+//   - a *slipstream.Error: a refusal, answered with ERR (a bad frame);
+//   - any other error: it closed c; the loop ends with that error.
+type firstFrameFunc func(c *Conn, l *link.Link, frame []byte) (*link.Link, error)
+
+// reader reads connections of one source and emits their frames.
+type reader struct {
+	links    *link.Registry
+	maxFrame int
+	emit     func(*pipeline.Envelope) bool
+	first    firstFrameFunc // optional
+	// current, when set, is told the link c belongs to whenever it changes.
+	current func(c *Conn, l *link.Link)
+}
+
+// run reads c, attached to l, until it fails, emitting every text frame as
+// an envelope of its link (Envelope.From) with c's in-flight credit
+// (Conn.track / Conn.waitRoom). Bad frames are answered with ERR; more than
+// maxBadFrames in a row close c with 1008.
+//
+// It returns the link c last belonged to and why the loop ended: nil when
+// reading was stopped (shutdown, or emit refused): c stays attached so that
+// ACKs of messages in flight reach the remote. Any other error means c was
+// detached from its link and closed.
+func (r *reader) run(c *Conn, l *link.Link) (*link.Link, error) {
+	first, bad := true, 0
+	for {
+		if !c.waitRoom() {
+			r.links.Detach(l, c)
+			return l, errClosedMeanwhile
+		}
+		frame, refusal, err := c.readFrame(r.maxFrame)
+		if err != nil {
+			if c.ReadingStopped() {
+				return l, nil
+			}
+			code, reason := closeCodeFor(err)
+			r.links.Detach(l, c)
+			c.Close(code, reason)
+			return l, err
+		}
+		if refusal == nil && first {
+			first = false
+			if r.first != nil {
+				next, err := r.first(c, l, frame)
+				switch {
+				case err == nil && next != nil:
+					l, bad = next, 0
+					if r.current != nil {
+						r.current(c, l)
+					}
+					continue
+				case err != nil && !errors.As(err, &refusal):
+					r.links.Detach(l, c) // the hook closed c; no-op if it moved
+					return l, err
+				}
+				// A refusal is answered below and counts as a bad frame.
+			}
+		}
+		if refusal != nil {
+			if bad++; bad > maxBadFrames {
+				r.links.Detach(l, c)
+				c.Close(websocket.ClosePolicyViolation, "too many bad frames")
+				return l, errTooManyBadFrames
+			}
+			c.SendControl(slipstream.Encode(refusal.Frame()))
+			continue
+		}
+		bad = 0
+		e := &pipeline.Envelope{Raw: frame, From: l, Received: time.Now()}
+		c.track(e)
+		if !r.emit(e) {
+			e.Done()
+			c.StopReading() // the pipeline is shutting down
+			return l, nil
+		}
+	}
+}
