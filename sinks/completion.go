@@ -125,9 +125,7 @@ func (o *Outbox) deadLetter(e *entry, reason string) {
 		return
 	}
 	o.dead.Inc()
-	if o.depth != nil {
-		o.depth.Dec()
-	}
+	o.pending.Add(-1)
 	o.log.Warn("delivery dead-lettered", "messageId", e.id, "seq", e.seq, "reason", reason)
 }
 
@@ -160,9 +158,7 @@ func (o *Outbox) remove(e *entry) {
 // deleted queues e's store entry for deletion (batched by flushDeletes).
 func (o *Outbox) deleted(e *entry) {
 	o.w.deletes = append(o.w.deletes, e.seq)
-	if o.depth != nil {
-		o.depth.Dec()
-	}
+	o.pending.Add(-1)
 }
 
 // flushDeletes deletes the completed entries from the store in one write.
@@ -174,6 +170,7 @@ func (o *Outbox) flushDeletes() {
 	}
 	if err := o.s.store.DeleteOutbox(o.id, w.deletes); err != nil && !closedStore(err) {
 		o.log.Warn("deleting completed deliveries failed; they will be sent again", "n", len(w.deletes), "err", err)
+		w.recountDue = true
 	}
 	w.deletes = w.deletes[:0]
 }

@@ -56,10 +56,65 @@
 // (memory_queue entries, 1 MiB), one store page (256 entries) and the window
 // of in-flight frames.
 //
-// Metrics: slipstream_link_deliveries_total{kind,outcome} where kind is the
-// link's kind (peer or client) and outcome is sent, acked, redelivered or
-// dead_lettered; slipstream_outbox_depth{link}, pending entries of each
-// durable link (counted once at start, then kept up to date on Notify, ACK
-// and dead-lettering: approximate); slipstream_ack_rtt_seconds, from the last
-// send of a delivery to its ACK.
+// # Outbox limits
+//
+// The disk is bounded too: a link's outbox holds at most max_pending entries
+// (default 1,000,000; 0 = unlimited), none older than max_age (default 168h;
+// 0 = unlimited). When an outbox is over a limit, its OLDEST entries (lowest
+// seq first, whether or not they are in flight) move to the dead-letter
+// store, where they can be listed, replayed and purged like any dead letter:
+//
+//   - max_pending: the entries beyond the limit, with reason
+//     "outbox limit: max_pending N exceeded";
+//   - max_age: the entries whose message is older than max_age, with reason
+//     "outbox limit: older than max_age". Age is measured from the message's
+//     `timestamp` field (ms since the epoch at the origin; the decode stage
+//     fills it on entry when a client left it out), so it is the time since
+//     the message entered the mesh, and the origin's clock counts. The walk
+//     goes in seq order and ends at the first entry that is not too old; an
+//     entry without a timestamp is never evicted by age.
+//
+// The outbox format is not changed for this: entries are the encoded
+// messages, as the persist stage writes them.
+//
+// Enforcement runs on the writer goroutine, never per message: a pass every
+// 30 seconds, a pass when the writer starts (limits may have changed across
+// a restart), and a pass at most once a second while Notify finds the outbox
+// over max_pending (so an outbox that keeps overflowing is trimmed once a
+// second and may exceed max_pending by what arrives in that second). A
+// writer blocked sending to a stalled connection enforces once SendData
+// returns (at the latest when the heartbeat closes the connection). Each
+// pass that moves entries logs one line at Warn with the counts, and counts
+// them in slipstream_link_deliveries_total{outcome="dead_lettered"} and
+// slipstream_outbox_limit_evictions_total{link,limit}. An ACK that arrives
+// for an evicted entry is ignored.
+//
+// The periodic pass also reads the outbox's head from the very beginning:
+// if the link is up and the head is an entry the writer neither holds nor
+// will read (below its cursor), the writer reads the store again from there.
+// That never happens unless an acknowledged entry came back, which Badger's
+// value-log GC can do (package store, "Known issue"): such an entry is sent
+// again within 30 seconds, and deleted on its ACK, instead of waiting for
+// the link's next connection.
+//
+// The writer knows its outbox's size without scanning it: it counts the
+// entries in the store when it starts (keys only), then adds one per Notify
+// and subtracts one per entry it deletes or dead-letters. Every writer of
+// outbox entries must therefore Notify them (the sink does for the persist
+// stage; DLQ replay does itself). The periodic pass recounts when the outbox
+// is near max_pending or after a failed store write.
+//
+// # Metrics
+//
+// slipstream_link_deliveries_total{kind,outcome}: kind is the link's kind
+// (peer or client); outcome is sent, acked, redelivered or dead_lettered
+// (after max_attempts, a refusal, or an outbox limit).
+// slipstream_outbox_limit_evictions_total{link,limit}: deliveries moved to
+// the dead-letter store by max_pending or max_age.
+// slipstream_outbox_depth{link}: entries in the outbox of each durable link
+// (the writer's count above, read at scrape time).
+// slipstream_outbox_oldest_seconds{link}: age of the oldest entry of each
+// durable link, from its message's timestamp (one store read per non-empty
+// outbox per scrape); 0 when empty.
+// slipstream_ack_rtt_seconds: from the last send of a delivery to its ACK.
 package sinks

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -19,6 +20,9 @@ const (
 	// maxFeedback bounds the ACKs and ERRs waiting for the writer; more are
 	// dropped (the delivery is then re-sent and acknowledged again).
 	maxFeedback = 8192
+	// maxLate bounds the seqs remembered while the writer counts its outbox
+	// (see recount); beyond it the count may be a little high.
+	maxLate = 1 << 16
 )
 
 // Outbox is one link's durable, ordered writer (link.Outbox). The link
@@ -28,13 +32,28 @@ const (
 // record what happened and wake the writer goroutine, which owns the
 // network and the store (see writer.go).
 type Outbox struct {
-	s     *WebSocket
-	link  *link.Link
-	id    string
-	log   *slog.Logger
-	depth prometheus.Gauge // nil for ephemeral links
+	s       *WebSocket
+	link    *link.Link
+	id      string
+	log     *slog.Logger
+	durable bool // exported in the outbox gauges
 
 	sent, acked, redelivered, dead prometheus.Counter
+	evictedCount, evictedAge       prometheus.Counter
+
+	// pending is the number of the link's entries in the store: counted by
+	// the writer at start (recount), then +1 per Notify of an entry the count
+	// did not see and -1 per entry the writer deletes or dead-letters. It can
+	// be off after a failed store write, after more than maxLate
+	// notifications during a count, or (one low) when an entry committed out
+	// of order lands right behind a count; the writer recounts on its
+	// periodic pass when that matters.
+	pending atomic.Int64
+	// overLimit is set by Notify when pending exceeds max_pending: the
+	// writer enforces the limit (at most once a second).
+	overLimit atomic.Bool
+	// headMu serialises head reads (the gauges, the limits passes).
+	headMu sync.Mutex
 
 	wake   chan struct{} // capacity 1: "something changed"
 	exited chan struct{} // closed when the writer goroutine returns
@@ -43,9 +62,16 @@ type Outbox struct {
 	mu           sync.Mutex
 	mem          []memEntry // notified entries, in seq order, while not behind
 	memBytes     int
-	behind       bool   // the writer reads the store; Notify drops copies
-	lastNotified uint64 // highest seq notified
-	rewind       uint64 // lowest seq notified out of order (0: none)
+	behind       bool     // the writer reads the store; Notify drops copies
+	lastNotified uint64   // highest seq notified
+	rewind       uint64   // lowest seq notified out of order (0: none)
+	floor        uint64   // no entry of the link below this seq is in the store (see head)
+	floorLow     uint64   // lowest seq notified while head reads the store (0: none)
+	floorRead    bool     // head is reading
+	counting     bool     // the writer is counting the store: Notify records seqs in late
+	late         []uint64 // seqs notified while counting
+	lateExtra    int      // notifications while counting beyond maxLate
+	counted      uint64   // the highest seq the last count saw: a later Notify at or below it was counted
 	feedback     []feedback
 	conn         link.Conn          // the live connection, nil when down
 	gen          uint64             // bumped by every Connected / Disconnected
@@ -81,20 +107,21 @@ func newOutbox(s *WebSocket, l *link.Link) *Outbox {
 	}
 	d := s.m.deliveries
 	o := &Outbox{
-		s:           s,
-		link:        l,
-		id:          l.ID(),
-		log:         s.log.With("link", l.ID()),
-		sent:        d.WithLabelValues(kind, "sent"),
-		acked:       d.WithLabelValues(kind, "acked"),
-		redelivered: d.WithLabelValues(kind, "redelivered"),
-		dead:        d.WithLabelValues(kind, "dead_lettered"),
-		wake:        make(chan struct{}, 1),
-		exited:      make(chan struct{}),
-		behind:      true, // entries may wait in the store from before
-	}
-	if l.Durable() {
-		o.depth = s.m.depth.WithLabelValues(o.id)
+		s:            s,
+		link:         l,
+		id:           l.ID(),
+		log:          s.log.With("link", l.ID()),
+		sent:         d.WithLabelValues(kind, "sent"),
+		acked:        d.WithLabelValues(kind, "acked"),
+		redelivered:  d.WithLabelValues(kind, "redelivered"),
+		dead:         d.WithLabelValues(kind, "dead_lettered"),
+		evictedCount: s.m.evictions.WithLabelValues(l.ID(), "max_pending"),
+		evictedAge:   s.m.evictions.WithLabelValues(l.ID(), "max_age"),
+		durable:      l.Durable(),
+		wake:         make(chan struct{}, 1),
+		exited:       make(chan struct{}),
+		behind:       true, // entries may wait in the store from before
+		counting:     true, // until the writer has counted them (recount)
 	}
 	o.w.init()
 	return o
@@ -146,8 +173,22 @@ func (o *Outbox) Notify(seq uint64, frame []byte) {
 		o.mu.Unlock()
 		return
 	}
-	if o.depth != nil {
-		o.depth.Inc()
+	if o.counting {
+		if len(o.late) < maxLate {
+			o.late = append(o.late, seq)
+		} else {
+			o.lateExtra++
+		}
+	} else if seq > o.counted {
+		if n := o.pending.Add(1); o.s.cfg.MaxPending > 0 && n > int64(o.s.cfg.MaxPending) {
+			o.overLimit.Store(true)
+		}
+	}
+	if seq < o.floor {
+		o.floor = seq
+	}
+	if o.floorRead && (o.floorLow == 0 || seq < o.floorLow) {
+		o.floorLow = seq
 	}
 	if seq <= o.lastNotified && (o.rewind == 0 || seq < o.rewind) {
 		o.rewind = seq // out of order: make the writer look back
@@ -247,8 +288,10 @@ func (o *Outbox) Close() {
 			<-o.exited
 		}
 		o.s.forget(o)
-		if o.depth != nil {
-			o.s.m.depth.DeleteLabelValues(o.id)
+		if !o.durable {
+			// An ephemeral link never comes back: drop its series.
+			o.s.m.evictions.DeleteLabelValues(o.id, "max_pending")
+			o.s.m.evictions.DeleteLabelValues(o.id, "max_age")
 		}
 	})
 }

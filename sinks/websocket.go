@@ -8,8 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/store"
 	"github.com/slipstream-sync/slipstream/pipeline"
@@ -22,6 +20,8 @@ const (
 	DefaultWindow      = 256
 	DefaultMemoryQueue = 512
 	DefaultBackoffMax  = time.Minute
+	DefaultMaxPending  = 1_000_000
+	DefaultMaxAge      = 7 * 24 * time.Hour
 )
 
 // WebSocketConfig is the body of a `sink "websocket"` block.
@@ -31,6 +31,12 @@ type WebSocketConfig struct {
 	Window      int           `hcl:"window,optional" doc:"most unacknowledged deliveries in flight per link"`
 	MemoryQueue int           `hcl:"memory_queue,optional" doc:"deliveries buffered in memory per link before its writer falls back to reading its outbox on disk"`
 	BackoffMax  time.Duration `hcl:"backoff_max,optional" doc:"longest wait between two sends of one delivery (the wait doubles from ack_timeout)"`
+	MaxPending  int           `hcl:"max_pending,optional" doc:"most deliveries waiting in one link's outbox; beyond it the oldest move to the dead-letter store; 0 = unlimited"`
+	MaxAge      time.Duration `hcl:"max_age,optional" doc:"deliveries whose message is older than this (by its timestamp) move from a link's outbox to the dead-letter store; 0 = unlimited"`
+
+	// limitEvery is how often each writer checks max_pending and max_age
+	// when nothing prompts it (default 30s; tests shorten it).
+	limitEvery time.Duration
 }
 
 // Validate implements pipeline.Validator.
@@ -46,6 +52,10 @@ func (c *WebSocketConfig) Validate() error {
 		return &pipeline.FieldError{Field: "memory_queue", Err: errors.New("must be 0 (always read from disk) or more")}
 	case c.BackoffMax < c.AckTimeout:
 		return &pipeline.FieldError{Field: "backoff_max", Err: fmt.Errorf("must be at least ack_timeout (%s)", c.AckTimeout)}
+	case c.MaxPending < 0:
+		return &pipeline.FieldError{Field: "max_pending", Err: errors.New("must be 0 (unlimited) or more")}
+	case c.MaxAge < 0:
+		return &pipeline.FieldError{Field: "max_age", Err: errors.New("must be 0 (unlimited) or more")}
 	}
 	return nil
 }
@@ -56,15 +66,20 @@ func init() {
 		Name:  "websocket",
 		Summary: "Delivers stored messages to links: one writer per link sends in order from memory while it keeps up and " +
 			"from the link's durable outbox when it falls behind or comes back, keeps at most `window` deliveries unacked, " +
-			"re-sends after ack_timeout with backoff while the link is up, and dead-letters after max_attempts.",
+			"re-sends after ack_timeout with backoff while the link is up, and dead-letters after max_attempts. " +
+			"An outbox holds at most max_pending deliveries, none older than max_age: beyond that the oldest move to the " +
+			"dead-letter store.",
 		Example: `sink "websocket" "links" {
   ack_timeout  = "10s"
   max_attempts = 3
+  max_pending  = 1000000
+  max_age      = "168h"
 }
 `,
 		NewConfig: func() any {
 			return &WebSocketConfig{AckTimeout: DefaultAckTimeout, MaxAttempts: DefaultMaxAttempts,
-				Window: DefaultWindow, MemoryQueue: DefaultMemoryQueue, BackoffMax: DefaultBackoffMax}
+				Window: DefaultWindow, MemoryQueue: DefaultMemoryQueue, BackoffMax: DefaultBackoffMax,
+				MaxPending: DefaultMaxPending, MaxAge: DefaultMaxAge}
 		},
 		Build: func(cfg any, bc *pipeline.BuildContext) (any, error) {
 			return NewWebSocket(*cfg.(*WebSocketConfig), bc)
@@ -103,6 +118,9 @@ func NewWebSocket(cfg WebSocketConfig, bc *pipeline.BuildContext) (*WebSocket, e
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if cfg.limitEvery <= 0 {
+		cfg.limitEvery = defaultLimitEvery
+	}
 	if bc.Store == nil || bc.Links == nil {
 		return nil, errors.New("the websocket sink needs the store and the link registry")
 	}
@@ -115,6 +133,7 @@ func NewWebSocket(cfg WebSocketConfig, bc *pipeline.BuildContext) (*WebSocket, e
 		return nil, err
 	}
 	s := &WebSocket{cfg: cfg, store: bc.Store, links: bc.Links, log: log, m: m, outboxes: map[*Outbox]struct{}{}}
+	m.outboxes.add(s)
 	bc.Links.SetOutboxFactory(s.newOutbox)
 	return s, nil
 }
@@ -207,60 +226,19 @@ func (s *WebSocket) Close() error {
 	for _, o := range obs {
 		o.Close()
 	}
+	s.m.outboxes.remove(s)
 	return nil
 }
 
-// metrics are the sink's instruments, shared by its outboxes.
-type metrics struct {
-	deliveries *prometheus.CounterVec // kind (peer|client), outcome
-	depth      *prometheus.GaugeVec   // link
-	rtt        prometheus.Histogram
-}
-
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	m := &metrics{
-		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "slipstream_link_deliveries_total",
-			Help: "Deliveries to links by link kind (peer, client) and outcome: sent, acked, redelivered, dead_lettered.",
-		}, []string{"kind", "outcome"}),
-		depth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "slipstream_outbox_depth",
-			Help: "Pending deliveries in the outbox of each durable link (approximate).",
-		}, []string{"link"}),
-		rtt: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "slipstream_ack_rtt_seconds",
-			Help:    "Time from the last send of a delivery to its ACK.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}),
-	}
-	if reg == nil {
-		return m, nil
-	}
-	var err error
-	if m.deliveries, err = register(reg, m.deliveries); err != nil {
-		return nil, err
-	}
-	if m.depth, err = register(reg, m.depth); err != nil {
-		return nil, err
-	}
-	if m.rtt, err = register(reg, m.rtt); err != nil {
-		return nil, err
-	}
-	return m, nil
-}
-
-// register registers c, or returns the collector already registered under
-// its name (a second websocket sink shares the instance's instruments).
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if prev, ok := are.ExistingCollector.(C); ok {
-			return prev, nil
+// durable returns the outboxes of durable links (for the gauges).
+func (s *WebSocket) durable() []*Outbox {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Outbox, 0, len(s.outboxes))
+	for o := range s.outboxes {
+		if o.durable {
+			out = append(out, o)
 		}
 	}
-	if err != nil {
-		return c, fmt.Errorf("register websocket sink metrics: %w", err)
-	}
-	return c, nil
+	return out
 }

@@ -32,6 +32,9 @@ func TestConfigValidate(t *testing.T) {
 		{"window", func(c *WebSocketConfig) { c.Window = 0 }, "window"},
 		{"memory_queue", func(c *WebSocketConfig) { c.MemoryQueue = -1 }, "memory_queue"},
 		{"backoff_max", func(c *WebSocketConfig) { c.BackoffMax = time.Second }, "backoff_max"},
+		{"max_pending", func(c *WebSocketConfig) { c.MaxPending = -1 }, "max_pending"},
+		{"max_age", func(c *WebSocketConfig) { c.MaxAge = -time.Second }, "max_age"},
+		{"unlimited", func(c *WebSocketConfig) { c.MaxPending, c.MaxAge = 0, 0 }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

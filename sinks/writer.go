@@ -46,6 +46,10 @@ type writer struct {
 	more     bool      // the last load left entries in the store: load again
 	nextDue  time.Time // no in-flight entry is due before this
 	retryAt  time.Time // after a store error, no read before this
+
+	limitsAt   time.Time // the next periodic limits pass
+	lastLimits time.Time // the last limits pass
+	recountDue bool      // pending may have drifted (a store write failed)
 }
 
 func (w *writer) init() {
@@ -64,17 +68,16 @@ func (o *Outbox) run(ctx context.Context) {
 		o.endSession()
 		o.flushDeletes()
 	}()
-	if o.depth != nil {
-		if n, err := o.s.store.CountOutbox(o.id); err == nil {
-			o.depth.Set(float64(n))
-		}
-	}
+	o.recount()
+	w.limitsAt = time.Now() // a first pass at once: the limits may have changed since the last run
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for ctx.Err() == nil {
 		o.sync(ctx)
 		o.flushDeletes()
-		o.expire(time.Now())
+		now := time.Now()
+		o.expire(now)
+		o.limits(ctx, now)
 		o.load()
 		o.send()
 		o.flushDeletes()
@@ -82,10 +85,7 @@ func (o *Outbox) run(ctx context.Context) {
 			continue // the backlog goes on and nothing else will wake us
 		}
 
-		next := w.nextDue
-		if !w.retryAt.IsZero() && (next.IsZero() || w.retryAt.Before(next)) {
-			next = w.retryAt
-		}
+		next := earliest(earliest(w.nextDue, w.retryAt), o.nextLimits())
 		timer.Stop()
 		if !next.IsZero() {
 			timer.Reset(max(time.Until(next), time.Millisecond))
@@ -102,6 +102,14 @@ func (o *Outbox) run(ctx context.Context) {
 			o.lost()
 		}
 	}
+}
+
+// earliest returns the earlier of a and b, a zero time meaning "never".
+func earliest(a, b time.Time) time.Time {
+	if a.IsZero() || (!b.IsZero() && b.Before(a)) {
+		return b
+	}
+	return a
 }
 
 // sync applies the inbox: ACKs and ERRs first (they may belong to the

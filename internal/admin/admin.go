@@ -1,15 +1,29 @@
 // Package admin is the instance's operator HTTP API: /metrics (Prometheus),
-// /healthz (alive), /readyz (store writable, listeners up) and the /v1 API.
+// /healthz (alive), /readyz (store writable, listeners up) and the /v1 API
+// (the dead-letter routes of DLQ, and those other parts add with Handle).
 // It listens on loopback by default.
+//
+// When a token is set (RequireToken, from admin.token), every request to a
+// /v1 path must carry it as "Authorization: Bearer <token>", reads included:
+// dead letters hold application data. /metrics, /healthz and /readyz stay
+// open, for probes and scrapers. A request without the right token gets 401
+// and a JSON error.
+//
+// Every /v1 error is JSON, {"error": "..."}, with a status code that says
+// what went wrong: 400 a bad request, 401 no or a wrong token, 404 nothing
+// to act on, 409 a conflict with the instance's state, 500 a store failure.
 package admin
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +43,8 @@ type Server struct {
 	ln     net.Listener
 	checks []Check
 	log    *slog.Logger
+	token  [sha256.Size]byte // sha256 of the token; zero: none required
+	secure bool
 }
 
 // New builds the admin API over the metrics gatherer g.
@@ -43,11 +59,51 @@ func New(g prometheus.Gatherer, checks []Check, log *slog.Logger) *Server {
 	return s
 }
 
-// Handle adds a route (for the /v1 API of later parts).
+// RequireToken makes every /v1 route require "Authorization: Bearer token"
+// ("" requires nothing). Call it before Listen.
+func (s *Server) RequireToken(token string) {
+	s.secure = token != ""
+	s.token = sha256.Sum256([]byte(token))
+}
+
+// Handle adds a route (for the /v1 API of later parts). Routes under /v1/
+// are guarded by the token (RequireToken).
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
-// Handler is the whole API (tests use it directly).
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler is the whole API, token check included (tests use it directly).
+func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serve) }
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	if s.secure && (r.URL.Path == "/v1" || strings.HasPrefix(r.URL.Path, "/v1/")) && !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="slipstream admin"`)
+		WriteError(w, http.StatusUnauthorized, "this instance requires the admin token: send it as \"Authorization: Bearer <token>\"")
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// authorized compares the request's bearer token with the configured one
+// in constant time (over their SHA-256 sums, so not even the length leaks).
+func (s *Server) authorized(r *http.Request) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return false
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
+	return subtle.ConstantTimeCompare(sum[:], s.token[:]) == 1
+}
+
+// WriteJSON writes v as a JSON response with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// WriteError writes {"error": msg} with status.
+func WriteError(w http.ResponseWriter, status int, msg string) {
+	WriteJSON(w, status, map[string]string{"error": msg})
+}
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	type result struct {
@@ -78,7 +134,7 @@ func (s *Server) Listen(addr string) error {
 		return err
 	}
 	s.ln = ln
-	s.srv = &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error("admin listener failed", "err", err)

@@ -35,11 +35,15 @@ type Options struct {
 	Logger *slog.Logger
 	// AdminListen overrides admin.listen ("" keeps the config's; "-" disables).
 	AdminListen string
+	// StoreGCInterval is how often the store's value log is
+	// garbage-collected (0: store.DefaultGCInterval, 5 minutes).
+	StoreGCInterval time.Duration
 }
 
 // Instance is one running Slipstream instance.
 type Instance struct {
 	cfg     *pipeline.Config
+	opts    Options
 	log     *slog.Logger
 	level   *slog.LevelVar
 	store   *store.Store
@@ -63,7 +67,7 @@ type Instance struct {
 // New opens the store and builds every part of cfg. On error everything
 // opened so far is closed again.
 func New(cfg *pipeline.Config, o Options) (in *Instance, err error) {
-	in = &Instance{cfg: cfg, sources: map[string]pipeline.Source{}, sinks: map[string]pipeline.Sink{}}
+	in = &Instance{cfg: cfg, opts: o, sources: map[string]pipeline.Source{}, sinks: map[string]pipeline.Sink{}}
 	if o.LogOutput == nil {
 		o.LogOutput = os.Stderr
 	}
@@ -100,6 +104,9 @@ func New(cfg *pipeline.Config, o Options) (in *Instance, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := in.store.RegisterMetrics(in.metrics); err != nil {
+		return nil, err
+	}
 	in.links, err = link.NewRegistry(in.store, cfg.Instance.ID, in.log.With("part", "links"))
 	if err != nil {
 		return nil, err
@@ -113,7 +120,10 @@ func New(cfg *pipeline.Config, o Options) (in *Instance, err error) {
 		listen = o.AdminListen
 	}
 	if listen != "-" && listen != "" {
-		in.admin = admin.New(in.metrics, in.readyChecks(), in.log.With("part", "admin"))
+		alog := in.log.With("part", "admin")
+		in.admin = admin.New(in.metrics, in.readyChecks(), alog)
+		in.admin.RequireToken(cfg.Admin.Token)
+		admin.NewDLQ(in.store, in.links, alog).Register(in.admin)
 		if err := in.admin.Listen(listen); err != nil {
 			return nil, fmt.Errorf("admin listener on %s: %w", listen, err)
 		}
@@ -220,12 +230,14 @@ func (in *Instance) readyChecks() []admin.Check {
 }
 
 // Start starts every part that has background work or listeners (so that
-// their addresses are known when it returns). Run calls it when it was not
-// called before. On error everything is closed.
+// their addresses are known when it returns), and the store's maintenance
+// (value-log GC). Run calls it when it was not called before. On error
+// everything is closed.
 func (in *Instance) Start(ctx context.Context) error {
 	var err error
 	in.startOnce.Do(func() {
 		in.startCtx, in.cancelStart = context.WithCancel(context.WithoutCancel(ctx))
+		in.store.StartMaintenance(in.startCtx, store.MaintenanceOptions{GCInterval: in.opts.StoreGCInterval})
 		for _, p := range in.parts {
 			if s, ok := p.(pipeline.Starter); ok {
 				if err = s.Start(in.startCtx); err != nil {
