@@ -1,8 +1,6 @@
 package sinks
 
 import (
-	"errors"
-	"fmt"
 	"math"
 	"slices"
 	"sync"
@@ -12,6 +10,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/telemetry"
 )
 
 // metrics are the sink's instruments, shared by its outboxes (and by every
@@ -44,35 +43,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var err error
-	if m.deliveries, err = register(reg, m.deliveries); err != nil {
+	if m.deliveries, err = telemetry.RegisterShared(reg, m.deliveries); err != nil {
 		return nil, err
 	}
-	if m.evictions, err = register(reg, m.evictions); err != nil {
+	if m.evictions, err = telemetry.RegisterShared(reg, m.evictions); err != nil {
 		return nil, err
 	}
-	if m.rtt, err = register(reg, m.rtt); err != nil {
+	if m.rtt, err = telemetry.RegisterShared(reg, m.rtt); err != nil {
 		return nil, err
 	}
-	if m.outboxes, err = register(reg, m.outboxes); err != nil {
+	if m.outboxes, err = telemetry.RegisterShared(reg, m.outboxes); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-// register registers c, or returns the collector already registered under
-// its name (a second websocket sink shares the instance's instruments).
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if prev, ok := are.ExistingCollector.(C); ok {
-			return prev, nil
-		}
-	}
-	if err != nil {
-		return c, fmt.Errorf("register websocket sink metrics: %w", err)
-	}
-	return c, nil
 }
 
 // outboxGauges reports, at scrape time, each durable link's outbox depth

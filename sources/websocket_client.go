@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/slipstream-sync/slipstream/internal/link"
+	"github.com/slipstream-sync/slipstream/internal/telemetry"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -359,27 +360,11 @@ func newClientMetrics(reg prometheus.Registerer) (*clientMetrics, error) {
 		return m, nil
 	}
 	var err error
-	if m.connects, err = registerShared(reg, m.connects); err != nil {
+	if m.connects, err = telemetry.RegisterShared(reg, m.connects); err != nil {
 		return nil, err
 	}
-	if m.timeouts, err = registerShared(reg, m.timeouts); err != nil {
+	if m.timeouts, err = telemetry.RegisterShared(reg, m.timeouts); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-// registerShared registers c, or returns the collector already registered
-// under its name (a second websocket_client source shares the instruments).
-func registerShared[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	err := reg.Register(c)
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if prev, ok := are.ExistingCollector.(C); ok {
-			return prev, nil
-		}
-	}
-	if err != nil {
-		return c, fmt.Errorf("register websocket_client metrics: %w", err)
-	}
-	return c, nil
 }

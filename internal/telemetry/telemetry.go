@@ -6,11 +6,13 @@ package telemetry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -101,4 +103,21 @@ func NewTracer(ctx context.Context, c Tracing) (trace.Tracer, func(context.Conte
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(c.SampleRatio))),
 	)
 	return tp.Tracer("github.com/slipstream-sync/slipstream"), tp.Shutdown, nil
+}
+
+// RegisterShared registers c on reg, or returns the collector already
+// registered under the same description: two parts of one kind (two
+// websocket sinks, two peer diallers) share the instance's instruments.
+func RegisterShared[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if prev, ok := are.ExistingCollector.(C); ok {
+			return prev, nil
+		}
+	}
+	if err != nil {
+		return c, fmt.Errorf("register metrics: %w", err)
+	}
+	return c, nil
 }
