@@ -22,11 +22,13 @@ const (
 	benchDefaultCount = 100000
 	benchMaxCount     = 10_000_000       // -duration alone, closed loop
 	benchMaxDuration  = 10 * time.Minute // -duration 0
+	benchMaxIdle      = 100_000
 )
 
 // benchOptions are the bench's flags.
 type benchOptions struct {
 	URL          string        `json:"url,omitempty"`
+	Mesh         string        `json:"mesh,omitempty"`
 	Publishers   int           `json:"publishers"`
 	Subscribers  int           `json:"subscribers"`
 	Size         int           `json:"size"`
@@ -35,11 +37,13 @@ type benchOptions struct {
 	Rate         float64       `json:"rate"`
 	Inflight     int           `json:"inflight"`
 	Warmup       int64         `json:"warmup"`
+	Idle         int           `json:"idle_connections,omitempty"`
 	Baseline     string        `json:"baseline,omitempty"`
 	DrainTimeout time.Duration `json:"-"`
 	JSON         bool          `json:"-"`
 	Progress     time.Duration `json:"-"`
 	CPUProfile   string        `json:"-"`
+	MemProfile   string        `json:"-"`
 	DurationText string        `json:"duration"`
 }
 
@@ -57,24 +61,31 @@ subscriber got every ACKed message exactly once (exit 1 if not). Without
 -url it runs the embedded default pipeline in-process on 127.0.0.1 with a
 temp data dir. Only 127.0.0.1 traffic when in-process.
 
+With -mesh it starts 3 in-process instances (bench-1..3) linked by
+websocket_client peers, publishes on bench-1 and connects -subscribers to
+each of bench-2 and bench-3, and reports the deliveries per instance.
+
 Flags:
 `)
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&o.URL, "url", "", "an instance's WebSocket URL (ws://host:port/ws); empty: run one in-process")
+	fs.StringVar(&o.Mesh, "mesh", "", "run 3 linked in-process instances: triangle (every pair linked) or line (bench-1 - bench-2 - bench-3); publishers on bench-1, subscribers on the others")
 	fs.IntVar(&o.Publishers, "publishers", 1, "publishing connections")
-	fs.IntVar(&o.Subscribers, "subscribers", 1, "subscribing connections (HELLO ids bench-sub-<i>)")
+	fs.IntVar(&o.Subscribers, "subscribers", 1, "subscribing connections (HELLO ids bench-sub-<i>); with -mesh, on each of the other instances")
 	fs.IntVar(&o.Size, "size", 300, "message frame size in bytes (approximate; padded)")
 	fs.Int64Var(&o.Count, "count", benchDefaultCount, "messages to measure (after -warmup); with only -duration: unbounded up to the time")
 	fs.DurationVar(&o.Duration, "duration", 0, "stop publishing after this long (0: at most "+benchMaxDuration.String()+")")
 	fs.Float64Var(&o.Rate, "rate", 0, "open loop: messages per second over all publishers (0: closed loop, as fast as ACKs allow)")
 	fs.IntVar(&o.Inflight, "inflight", 256, "publishes in flight per publisher (closed loop; the open loop's cap defaults to one second of -rate)")
 	fs.Int64Var(&o.Warmup, "warmup", 0, "messages sent first and left out of every figure")
-	fs.StringVar(&o.Baseline, "baseline", "", `"relay": also measure a bare JSON WebSocket relay in this process and print the ratio`)
+	fs.IntVar(&o.Idle, "idle", 0, "connections held open without traffic during the run (anonymous, to the publishers' instance)")
+	fs.StringVar(&o.Baseline, "baseline", "", `"relay": also measure a bare JSON WebSocket relay in this process and print the ratio (with -mesh: 3 relays chained as a tree, a star for triangle)`)
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 30*time.Second, "how long to wait for outstanding ACKs and deliveries after publishing")
 	fs.BoolVar(&o.JSON, "json", false, "print the summary as JSON")
 	fs.DurationVar(&o.Progress, "progress", time.Second, "interval of the progress line on stderr (0: none)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole process (instance, relay and clients) to this file")
+	fs.StringVar(&o.MemProfile, "memprofile", "", "write a heap profile of the whole process to this file when the measured load has been delivered (before any connection closes; not for the baseline)")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return nil, err
@@ -91,6 +102,8 @@ Flags:
 		return nil, &usageError{"bench needs -publishers >= 1 and -subscribers >= 0"}
 	case o.Count < 1 || o.Warmup < 0:
 		return nil, &usageError{"bench needs -count >= 1 and -warmup >= 0"}
+	case o.Idle < 0 || o.Idle > benchMaxIdle:
+		return nil, &usageError{fmt.Sprintf("-idle must be between 0 and %d", benchMaxIdle)}
 	case o.Duration < 0 || o.Rate < 0 || math.IsInf(o.Rate, 0) || math.IsNaN(o.Rate):
 		return nil, &usageError{"-duration and -rate must not be negative"}
 	case o.Inflight < 1:
@@ -99,6 +112,10 @@ Flags:
 		return nil, &usageError{fmt.Sprintf("unknown -baseline %q (known: relay)", o.Baseline)}
 	case o.Size < 0 || o.Size > 1<<20:
 		return nil, &usageError{"-size must be between 0 and 1048576"}
+	case o.Mesh != "" && meshShapes[o.Mesh] == nil:
+		return nil, &usageError{fmt.Sprintf("unknown -mesh %q (known: %s)", o.Mesh, meshShapeNames())}
+	case o.Mesh != "" && o.URL != "":
+		return nil, &usageError{"-mesh runs its own instances; it cannot be used with -url"}
 	}
 	if set["duration"] && !set["count"] {
 		// Bounded by time; the count is only a safety bound.
@@ -165,21 +182,27 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Machine: benchMachine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH},
 		Options: o,
 	}
-	if o.URL != "" {
-		sum.Result, err = runLoad(ctx, o, o.URL, "instance", nil, stderr)
-	} else {
+	switch {
+	case o.Mesh != "":
+		// The mesh's peer links carry the run's tag, so that the run's
+		// messages are routed across them: it is chosen before they start.
+		sum.Result, err = benchMesh(ctx, o, newRunTag(), stderr)
+	case o.URL != "":
+		t := singleTarget("instance", o.URL, nil)
+		t.memProfile = o.MemProfile
+		sum.Result, err = runLoad(ctx, o, t, stderr)
+	default:
 		sum.Result, err = benchLocal(ctx, o, stderr)
 	}
 	if err != nil {
 		return err
 	}
 	if o.Baseline == "relay" {
-		r, err := startRelay()
-		if err != nil {
-			return fmt.Errorf("bench: start the relay: %w", err)
+		if o.Mesh != "" {
+			sum.Baseline, err = relayMeshLoad(ctx, o, newRunTag(), stderr)
+		} else {
+			sum.Baseline, err = relayLoad(ctx, o, stderr)
 		}
-		sum.Baseline, err = runLoad(ctx, o, r.url(), "relay", nil, stderr)
-		r.close()
 		if err != nil {
 			return err
 		}
@@ -211,15 +234,27 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // benchLocal runs the load against an in-process instance and stops it
 // (removing its data) before returning.
 func benchLocal(ctx context.Context, o *benchOptions, stderr io.Writer) (*loadResult, error) {
-	local, err := startLocal(stderr)
+	local, err := startLocal(stderr, localSpec{})
 	if err != nil {
 		return nil, fmt.Errorf("bench: start the in-process instance: %w", err)
 	}
-	res, err := runLoad(ctx, o, local.url, "slipstream", local, stderr)
+	t := singleTarget("slipstream", local.url, local)
+	t.memProfile = o.MemProfile
+	res, err := runLoad(ctx, o, t, stderr)
 	if serr := local.stop(); serr != nil && err == nil {
 		err = fmt.Errorf("bench: stop the in-process instance: %w", serr)
 	}
 	return res, err
+}
+
+// relayLoad runs the load against a relay in this process, and closes it.
+func relayLoad(ctx context.Context, o *benchOptions, stderr io.Writer) (*loadResult, error) {
+	r, err := startRelay()
+	if err != nil {
+		return nil, fmt.Errorf("bench: start the relay: %w", err)
+	}
+	defer r.close()
+	return runLoad(ctx, o, singleTarget("relay", r.url(), nil), stderr)
 }
 
 func ratios(r, b *loadResult) map[string]float64 {
@@ -229,7 +264,7 @@ func ratios(r, b *loadResult) map[string]float64 {
 		}
 		return math.Round(x/y*1000) / 1000
 	}
-	return map[string]float64{
+	m := map[string]float64{
 		"publish_msgs_per_s":   ratio(r.PublishRate, b.PublishRate),
 		"delivered_msgs_per_s": ratio(mean(r.DeliveredRates), mean(b.DeliveredRates)),
 		"ack_p50":              ratio(r.AckLatency.P50, b.AckLatency.P50),
@@ -237,7 +272,20 @@ func ratios(r, b *loadResult) map[string]float64 {
 		"delivery_p50":         ratio(r.DeliveryLatency.P50, b.DeliveryLatency.P50),
 		"delivery_p99":         ratio(r.DeliveryLatency.P99, b.DeliveryLatency.P99),
 	}
+	// Per instance, by position (bench-2 against relay-2, ...).
+	for i := range min(len(r.Instances), len(b.Instances)) {
+		ri, bi := r.Instances[i], b.Instances[i]
+		p := instanceKey(i)
+		m[p+"delivered_msgs_per_s"] = ratio(mean(ri.DeliveredRates), mean(bi.DeliveredRates))
+		m[p+"delivery_p50"] = ratio(ri.DeliveryLatency.P50, bi.DeliveryLatency.P50)
+		m[p+"delivery_p99"] = ratio(ri.DeliveryLatency.P99, bi.DeliveryLatency.P99)
+	}
+	return m
 }
+
+// instanceKey prefixes the ratio keys of the i-th subscribed instance of a
+// mesh run (the second instance: "instance2_").
+func instanceKey(i int) string { return fmt.Sprintf("instance%d_", i+2) }
 
 func mean(xs []float64) float64 {
 	if len(xs) == 0 {
@@ -256,8 +304,20 @@ func printSummary(w io.Writer, s *benchSummary) {
 	if o.Rate > 0 {
 		mode = fmt.Sprintf("open loop at %.0f msgs/s (at most %d in flight per publisher)", o.Rate, o.Inflight)
 	}
-	fmt.Fprintf(w, "slipstream bench: %d publisher(s), %d subscriber(s), ~%d-byte frames, %s; %s, %d CPUs\n\n",
-		o.Publishers, o.Subscribers, s.Result.FrameBytes, mode, s.Machine.GoVersion, s.Machine.CPUs)
+	subs := fmt.Sprintf("%d subscriber(s)", o.Subscribers)
+	if o.Mesh != "" {
+		var names []string
+		for _, in := range s.Result.Instances {
+			names = append(names, in.Instance)
+		}
+		subs = fmt.Sprintf("%d subscriber(s) on each of %s, %s mesh of 3 instances, publishing on the first",
+			o.Subscribers, strings.Join(names, " and "), o.Mesh)
+	}
+	if o.Idle > 0 {
+		subs += fmt.Sprintf(", %d idle connections", o.Idle)
+	}
+	fmt.Fprintf(w, "slipstream bench: %d publisher(s), %s, ~%d-byte frames, %s; %s, %d CPUs\n\n",
+		o.Publishers, subs, s.Result.FrameBytes, mode, s.Machine.GoVersion, s.Machine.CPUs)
 	runs := []*loadResult{s.Result}
 	if s.Baseline != nil {
 		runs = append(runs, s.Baseline)
@@ -330,6 +390,43 @@ func printSummary(w io.Writer, s *benchSummary) {
 			key = "delivery_" + q.key
 		}
 		row("publish->delivery "+q.name, lat(dlv, q.f), key)
+	}
+	for i := range s.Result.Instances {
+		in := func(r *loadResult) *instanceResult {
+			if i < len(r.Instances) {
+				return &r.Instances[i]
+			}
+			return &instanceResult{}
+		}
+		name := func(r *loadResult) string { return in(r).Instance }
+		p := instanceKey(i)
+		row(fmt.Sprintf("instance %d: name", i+2), name, "")
+		row(fmt.Sprintf("instance %d: delivered msgs/s per subscriber", i+2), func(r *loadResult) string {
+			parts := make([]string, len(in(r).DeliveredRates))
+			for j, v := range in(r).DeliveredRates {
+				parts[j] = fmt.Sprintf("%.0f", v)
+			}
+			return strings.Join(parts, " ")
+		}, p+"delivered_msgs_per_s")
+		for _, q := range []struct {
+			name, key string
+			f         func(latency) float64
+		}{
+			{"p50", "delivery_p50", func(l latency) float64 { return l.P50 }},
+			{"p99", "delivery_p99", func(l latency) float64 { return l.P99 }},
+			{"max", "", func(l latency) float64 { return l.Max }},
+		} {
+			key := ""
+			if q.key != "" {
+				key = p + q.key
+			}
+			row(fmt.Sprintf("instance %d: publish->delivery %s", i+2, q.name), func(r *loadResult) string {
+				return fmt.Sprintf("%.3f ms", q.f(in(r).DeliveryLatency))
+			}, key)
+		}
+		row(fmt.Sprintf("instance %d: missing / duplicate", i+2), func(r *loadResult) string {
+			return fmt.Sprintf("%d / %d", in(r).Missing, in(r).Duplicates)
+		}, "")
 	}
 	if o.Rate > 0 {
 		row("send lag behind schedule p99 / max", func(r *loadResult) string {

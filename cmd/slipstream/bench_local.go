@@ -16,37 +16,78 @@ import (
 	"github.com/slipstream-sync/slipstream/sources"
 )
 
-// localInstance is the instance the bench runs in-process when no -url is
-// given: the embedded default pipeline, listening on a free 127.0.0.1 port,
-// with its data in a temp dir that is removed afterwards.
+// localInstance is an instance the bench runs in-process: the embedded
+// default pipeline, listening on 127.0.0.1 (a free port unless the spec
+// picks one), with its data in a temp dir that is removed afterwards.
 type localInstance struct {
-	url  string
-	in   *daemon.Instance
-	stop func() error
+	id    string
+	url   string
+	peers []string // the ids of the peers it dials
+	in    *daemon.Instance
+	stop  func() error
 }
 
+// localSpec adjusts the embedded default pipeline for one in-process
+// instance; the zero value leaves it alone (apart from the port and the
+// data dir).
+type localSpec struct {
+	ID     string               // instance.id and cluster_group ("": the default's)
+	Tags   []string             // instance.tags (nil: the default's)
+	Listen string               // the websocket_server's address ("": 127.0.0.1:0)
+	Peers  []sources.PeerConfig // dialled by the websocket_client source
+}
+
+// Redials between the instances of a mesh: fast, and never giving up, so
+// that the instances find each other as they start one after the other.
+var meshRetry = sources.RetryConfig{Interval: 20 * time.Millisecond, MaxInterval: 200 * time.Millisecond,
+	Attempts: 0, Cooldown: time.Second}
+
 // startLocal starts the instance; its warnings and errors go to logs.
-func startLocal(logs io.Writer) (*localInstance, error) {
+func startLocal(logs io.Writer, spec localSpec) (*localInstance, error) {
 	cfg, diags := pipeline.Load("pipelines.hcl (embedded default)", slipstream.DefaultConfig)
 	if diags.HasErrors() {
 		return nil, fmt.Errorf("embedded config:\n%s", pipeline.FormatDiagnostics(diags))
+	}
+	if spec.ID != "" {
+		cfg.Instance.ID, cfg.Instance.ClusterGroup = spec.ID, spec.ID
+	}
+	if spec.Tags != nil {
+		cfg.Instance.Tags = spec.Tags
+	}
+	if spec.Listen == "" {
+		spec.Listen = "127.0.0.1:0"
+	}
+	var ingress string
+	var peers []string
+	for _, c := range cfg.Sources {
+		switch sc := c.Config.(type) {
+		case *sources.ServerConfig:
+			sc.Listen = spec.Listen
+			ingress = c.Ref()
+		case *sources.ClientConfig:
+			if len(spec.Peers) == 0 {
+				continue
+			}
+			sc.Peers, sc.Retry = spec.Peers, meshRetry
+			if err := sc.Validate(); err != nil {
+				return nil, fmt.Errorf("peers of %s: %w", cfg.Instance.ID, err)
+			}
+			for _, p := range spec.Peers {
+				peers = append(peers, p.ID)
+			}
+		}
+	}
+	if ingress == "" {
+		return nil, errors.New("the embedded config has no websocket_server source")
+	}
+	if len(spec.Peers) > 0 && peers == nil {
+		return nil, errors.New("the embedded config has no websocket_client source")
 	}
 	dir, err := os.MkdirTemp("", "slipstream-bench-")
 	if err != nil {
 		return nil, err
 	}
 	cfg.Instance.DataDir = dir
-	var ingress string
-	for _, c := range cfg.Sources {
-		if sc, ok := c.Config.(*sources.ServerConfig); ok {
-			sc.Listen = "127.0.0.1:0"
-			ingress = c.Ref()
-		}
-	}
-	if ingress == "" {
-		os.RemoveAll(dir)
-		return nil, errors.New("the embedded config has no websocket_server source")
-	}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	in, err := daemon.New(cfg, daemon.Options{Logger: log, AdminListen: "-"})
 	if err != nil {
@@ -82,7 +123,7 @@ func startLocal(logs io.Writer) (*localInstance, error) {
 		default:
 		}
 		if a := src.Addr(); a != nil {
-			return &localInstance{url: "ws://" + a.String() + "/ws", in: in, stop: stop}, nil
+			return &localInstance{id: cfg.Instance.ID, url: "ws://" + a.String() + "/ws", peers: peers, in: in, stop: stop}, nil
 		}
 		if time.Now().After(deadline) {
 			return nil, errors.Join(errors.New("the instance is not listening after 10s"), stop())

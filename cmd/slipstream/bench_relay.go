@@ -18,7 +18,9 @@ import (
 // connection; the sender gets a minimal {"type":"ACK","messageId":...} so
 // the same harness drives it. To route like the instance does, it answers
 // HELLO (keeping the connection's tags) and honours targetedTags; ACK frames
-// from receivers are dropped.
+// from receivers are dropped. For a mesh baseline, relays are chained into a
+// tree with follow: a relay dials its parent as a peer and relays what comes
+// down to its own connections (never back up, so no dedup is needed).
 type relay struct {
 	ln  net.Listener
 	srv *http.Server
@@ -37,6 +39,8 @@ type relayConn struct {
 
 	mu   sync.Mutex
 	tags []string
+
+	upstream bool // dialled by follow: frames come down it, none go up
 }
 
 const relayQueue = 4096
@@ -75,6 +79,39 @@ func startRelay() (*relay, error) {
 		_ = r.srv.Serve(ln)
 	}()
 	return r, nil
+}
+
+// follow dials the relay at url as a peer named id carrying tags, and
+// relays what it sends to r's own connections whose tags match.
+func (r *relay) follow(url, id string, tags []string) error {
+	d := *websocket.DefaultDialer
+	d.HandshakeTimeout = dialTimeout
+	ws, _, err := d.Dial(url, nil)
+	if err != nil {
+		return err
+	}
+	hello, err := json.Marshal(map[string]any{"type": "HELLO", "protocol": 1, "instanceId": id,
+		"clusterGroupId": id, "role": "peer", "tags": tags})
+	if err != nil {
+		_ = ws.Close()
+		return err
+	}
+	c := &relayConn{ws: ws, out: make(chan []byte, relayQueue), done: make(chan struct{}), upstream: true}
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		_ = ws.Close()
+		return errRelayClosed
+	}
+	r.conns[c] = struct{}{}
+	r.wg.Add(2)
+	r.mu.Unlock()
+	go r.write(c)
+	go r.read(c)
+	if !c.send(hello) {
+		return errRelayClosed
+	}
+	return nil
 }
 
 // url is the relay's WebSocket URL.
@@ -159,6 +196,9 @@ func (r *relay) handle(c *relayConn, data []byte) error {
 	case "ACK":
 		return nil
 	case "HELLO":
+		if c.upstream {
+			return nil // the parent's answer to our HELLO
+		}
 		var tags []string
 		_ = json.Unmarshal(m["tags"], &tags)
 		c.mu.Lock()
@@ -178,7 +218,7 @@ func (r *relay) handle(c *relayConn, data []byte) error {
 	r.mu.RLock()
 	recipients := make([]*relayConn, 0, len(r.conns))
 	for o := range r.conns {
-		if o != c && o.matches(targeted) {
+		if o != c && !o.upstream && o.matches(targeted) {
 			recipients = append(recipients, o)
 		}
 	}

@@ -10,6 +10,9 @@ import (
 	"io"
 	"math"
 	"math/bits"
+	"os"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -46,6 +49,45 @@ type loadResult struct {
 	Unexpected   int64    `json:"unexpected"`
 	OutboxLeft   *int     `json:"outbox_left,omitempty"`
 	ErrorSamples []string `json:"error_samples,omitempty"`
+	// Instances break the deliveries down by the instance the subscribers
+	// are connected to (mesh runs).
+	Instances []instanceResult `json:"instances,omitempty"`
+}
+
+// instanceResult is the share of one instance's subscribers in a run.
+type instanceResult struct {
+	Instance        string    `json:"instance"`
+	DeliveredRates  []float64 `json:"delivered_msgs_per_s"` // one per subscriber on it
+	DeliveryLatency latency   `json:"delivery_latency_ms"`
+	Missing         int64     `json:"missing"`
+	Duplicates      int64     `json:"duplicates"`
+}
+
+// benchTarget is what one run measures: where its publishers and
+// subscribers connect.
+type benchTarget struct {
+	label   string
+	tag     string   // the run's targetedTags ("": a fresh one)
+	pubURL  string   // the publishers connect here
+	subURLs []string // -subscribers connect to each of these
+	// names name the instances of subURLs for a per-instance breakdown
+	// (nil: none).
+	names []string
+	// locals are the in-process instances whose outboxes (the subscribers'
+	// and the peers') must be empty after the run.
+	locals []*localInstance
+	// memProfile, when set, is the file of a heap profile written once the
+	// load is delivered.
+	memProfile string
+}
+
+// singleTarget is one instance (or relay) at url, for everything.
+func singleTarget(label, url string, local *localInstance) *benchTarget {
+	t := &benchTarget{label: label, pubURL: url, subURLs: []string{url}}
+	if local != nil {
+		t.locals = []*localInstance{local}
+	}
+	return t
 }
 
 // loadRun is the state of one run. Sequence numbers 0..total-1 are shared
@@ -83,6 +125,7 @@ type benchPublisher struct {
 
 type benchSubscriber struct {
 	id        string
+	at        int // index in the target's subURLs
 	c         *client.Client
 	hist      histogram // written by the subscriber goroutine
 	seen      []uint64  // bitset by seq; subscriber goroutine only
@@ -101,10 +144,13 @@ const (
 	routeWait   = 10 * time.Second
 )
 
-// runLoad measures one target. local, when set, is the in-process instance
-// (for the outbox check).
-func runLoad(ctx context.Context, o *benchOptions, url, label string, local *localInstance, stderr io.Writer) (res *loadResult, err error) {
-	r := &loadRun{o: o, label: label, tag: "bench-" + randomHex(6), total: o.Count + o.Warmup, stderr: stderr}
+// runLoad measures one target.
+func runLoad(ctx context.Context, o *benchOptions, t *benchTarget, stderr io.Writer) (res *loadResult, err error) {
+	label := t.label
+	r := &loadRun{o: o, label: label, tag: t.tag, total: o.Count + o.Warmup, stderr: stderr}
+	if r.tag == "" {
+		r.tag = newRunTag()
+	}
 	r.ackedBits = make([]atomic.Uint64, (r.total+63)/64)
 	frameBytes := r.sizeValue()
 	defer func() {
@@ -112,7 +158,14 @@ func runLoad(ctx context.Context, o *benchOptions, url, label string, local *loc
 			err = cerr
 		}
 	}()
-	if err := r.connect(ctx, url); err != nil {
+	if o.Idle > 0 {
+		idle, err := openIdle(ctx, t.pubURL, o.Idle)
+		if err != nil {
+			return nil, fmt.Errorf("bench %s: %w", label, err)
+		}
+		defer idle.close()
+	}
+	if err := r.connect(ctx, t); err != nil {
 		return nil, fmt.Errorf("bench %s: %w", label, err)
 	}
 	if err := r.awaitRoutes(ctx); err != nil {
@@ -129,10 +182,15 @@ func runLoad(ctx context.Context, o *benchOptions, url, label string, local *loc
 	wg.Wait()
 	r.awaitDeliveries(ctx)
 	stopProgress()
+	if t.memProfile != "" {
+		if err := writeHeapProfile(t.memProfile); err != nil {
+			return nil, fmt.Errorf("bench %s: %w", label, err)
+		}
+	}
 
 	res = &loadResult{Target: label, FrameBytes: frameBytes}
-	if local != nil {
-		left, err := r.awaitOutboxes(local)
+	if len(t.locals) > 0 {
+		left, err := r.awaitOutboxes(t)
 		if err != nil {
 			return nil, fmt.Errorf("bench %s: count the outboxes: %w", label, err)
 		}
@@ -141,29 +199,33 @@ func runLoad(ctx context.Context, o *benchOptions, url, label string, local *loc
 	if err := r.closeAll(); err != nil {
 		return nil, err
 	}
-	r.fill(res)
+	r.fill(res, t.names)
 	return res, nil
 }
 
-// connect dials the subscribers (HELLO ids bench-sub-<i>, tagged with the
-// run's tag) and then the publishers (anonymous connections; whatever is
-// routed to them is ACKed and dropped).
-func (r *loadRun) connect(ctx context.Context, url string) error {
+// connect dials the subscribers, -subscribers to each of the target's
+// subURLs in turn (HELLO ids bench-sub-<i>, numbered across them, tagged
+// with the run's tag), and then the publishers (anonymous connections;
+// whatever is routed to them is ACKed and dropped).
+func (r *loadRun) connect(ctx context.Context, t *benchTarget) error {
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
-	for i := range r.o.Subscribers {
-		s := &benchSubscriber{id: fmt.Sprintf("bench-sub-%d", i), seen: make([]uint64, (r.total+63)/64), countDone: make(chan struct{})}
-		s.probe.Store(-1)
-		c, err := client.Dial(dctx, url, client.Options{ID: s.id, Tags: []string{r.tag}, AutoAck: true, Buffer: 4096})
-		if err != nil {
-			return fmt.Errorf("subscriber %s: %w", s.id, err)
+	for at, url := range t.subURLs {
+		for range r.o.Subscribers {
+			s := &benchSubscriber{id: fmt.Sprintf("bench-sub-%d", len(r.subs)), at: at,
+				seen: make([]uint64, (r.total+63)/64), countDone: make(chan struct{})}
+			s.probe.Store(-1)
+			c, err := client.Dial(dctx, url, client.Options{ID: s.id, Tags: []string{r.tag}, AutoAck: true, Buffer: 4096})
+			if err != nil {
+				return fmt.Errorf("subscriber %s: %w", s.id, err)
+			}
+			s.c = c
+			r.subs = append(r.subs, s)
+			go r.subscribe(s)
 		}
-		s.c = c
-		r.subs = append(r.subs, s)
-		go r.subscribe(s)
 	}
 	for range r.o.Publishers {
-		c, err := client.Dial(dctx, url, client.Options{AutoAck: true})
+		c, err := client.Dial(dctx, t.pubURL, client.Options{AutoAck: true})
 		if err != nil {
 			return fmt.Errorf("publisher: %w", err)
 		}
@@ -293,8 +355,9 @@ func (r *loadRun) progress() (stop func()) {
 }
 
 // fill computes the figures once every connection is closed (so every
-// goroutine that wrote a histogram has ended).
-func (r *loadRun) fill(res *loadResult) {
+// goroutine that wrote a histogram has ended); names, when given, are the
+// instances the subscribers are spread over, for a breakdown by instance.
+func (r *loadRun) fill(res *loadResult, names []string) {
 	res.Sent = r.sent.Load()
 	res.Messages = max(0, res.Sent-r.o.Warmup)
 	res.Acked = r.acked.Load()
@@ -324,21 +387,58 @@ func (r *loadRun) fill(res *loadResult) {
 		res.ScheduleLag = &lag
 	}
 	res.DeliveredRates = make([]float64, len(r.subs))
+	instHists := make([]histogram, len(names))
+	res.Instances = make([]instanceResult, len(names))
+	for i, name := range names {
+		res.Instances[i].Instance = name
+	}
 	for i, s := range r.subs {
 		dlvHist.merge(&s.hist)
 		if w := window(s.lastNs.Load()); w > 0 {
 			res.DeliveredRates[i] = math.Round(float64(s.measured.Load()) / w)
 		}
+		var missing int64
+		for w := range r.ackedBits {
+			missing += int64(bits.OnesCount64(r.ackedBits[w].Load() &^ s.seen[w]))
+		}
+		res.Missing += missing
 		res.Duplicates += s.dups.Load()
 		res.Unexpected += s.unexp.Load()
-		for w := range r.ackedBits {
-			res.Missing += int64(bits.OnesCount64(r.ackedBits[w].Load() &^ s.seen[w]))
+		if s.at < len(names) {
+			in := &res.Instances[s.at]
+			instHists[s.at].merge(&s.hist)
+			in.DeliveredRates = append(in.DeliveredRates, res.DeliveredRates[i])
+			in.Missing += missing
+			in.Duplicates += s.dups.Load()
 		}
 	}
 	res.DeliveryLatency = dlvHist.summary()
+	for i := range res.Instances {
+		res.Instances[i].DeliveryLatency = instHists[i].summary()
+	}
+	if len(res.Instances) == 0 {
+		res.Instances = nil
+	}
 }
 
 func round3(x float64) float64 { return math.Round(x*1000) / 1000 }
+
+// writeHeapProfile writes the heap profile (after a GC: what is live).
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// newRunTag is a fresh tag for a run's targetedTags.
+func newRunTag() string { return "bench-" + randomHex(6) }
 
 func randomHex(n int) string {
 	b := make([]byte, n)

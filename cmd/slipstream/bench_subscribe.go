@@ -83,18 +83,31 @@ func (r *loadRun) awaitDeliveries(ctx context.Context) {
 	}
 }
 
-// awaitOutboxes waits (up to 5s) for the instance to delete the deliveries
-// the subscribers ACKed, and returns how many are left.
-func (r *loadRun) awaitOutboxes(local *localInstance) (int, error) {
-	ids := make([]string, len(r.subs))
-	for i, s := range r.subs {
-		ids[i] = s.id
+// awaitOutboxes waits (up to 5s) for the target's in-process instances to
+// delete the deliveries their subscribers and peers ACKed, and returns how
+// many are left over all of them.
+func (r *loadRun) awaitOutboxes(t *benchTarget) (int, error) {
+	links := make([][]string, len(t.locals))
+	for i, l := range t.locals {
+		links[i] = append(links[i], l.peers...)
+		for _, s := range r.subs {
+			if t.subURLs[s.at] == l.url {
+				links[i] = append(links[i], s.id)
+			}
+		}
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		n, err := local.outboxLeft(ids)
-		if err != nil || n == 0 || time.Now().After(deadline) {
-			return n, err
+		total := 0
+		for i, l := range t.locals {
+			n, err := l.outboxLeft(links[i])
+			if err != nil {
+				return 0, err
+			}
+			total += n
+		}
+		if total == 0 || time.Now().After(deadline) {
+			return total, nil
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -75,6 +75,66 @@ func TestBenchRelayBaselineOpenLoop(t *testing.T) {
 	}
 }
 
+// A tiny mesh run: publishers on bench-1, subscribers on bench-2 and
+// bench-3; every subscriber gets every message exactly once, on both shapes,
+// and the relay tree of the baseline too.
+func TestBenchMesh(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	for _, tc := range []struct {
+		shape    string
+		baseline bool
+	}{{"triangle", true}, {"line", false}} {
+		t.Run(tc.shape, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			args := []string{"-mesh", tc.shape, "-count", "2000", "-subscribers", "1", "-json", "-progress", "0"}
+			if tc.baseline {
+				args = append(args, "-baseline", "relay", "-idle", "20")
+			}
+			if err := runBench(context.Background(), args, &stdout, &stderr); err != nil {
+				t.Fatalf("runBench: %v\nstderr:\n%s", err, stderr.String())
+			}
+			var sum benchSummary
+			if err := json.Unmarshal(stdout.Bytes(), &sum); err != nil {
+				t.Fatalf("-json output does not parse: %v\n%s", err, stdout.String())
+			}
+			runs := []*loadResult{sum.Result}
+			if tc.baseline {
+				runs = append(runs, sum.Baseline)
+				if sum.Ratio["instance3_delivered_msgs_per_s"] <= 0 {
+					t.Errorf("no per-instance ratio: %v", sum.Ratio)
+				}
+			}
+			for _, r := range runs {
+				if r == nil {
+					t.Fatalf("missing result in %s", stdout.String())
+				}
+				if r.Missing != 0 || r.Duplicates != 0 || r.Unexpected != 0 || r.Acked != 2000 {
+					t.Errorf("%s: missing %d, duplicates %d, unexpected %d, acked %d; want 0, 0, 0, 2000",
+						r.Target, r.Missing, r.Duplicates, r.Unexpected, r.Acked)
+				}
+				if r.DeliveryLatency.Count != 4000 || len(r.DeliveredRates) != 2 {
+					t.Errorf("%s: %d delivery samples, %d subscribers; want 4000 and 2", r.Target, r.DeliveryLatency.Count, len(r.DeliveredRates))
+				}
+				if len(r.Instances) != 2 {
+					t.Fatalf("%s: instances %+v, want the 2 subscribed instances", r.Target, r.Instances)
+				}
+				for i, in := range r.Instances {
+					if in.Missing != 0 || in.Duplicates != 0 || len(in.DeliveredRates) != 1 || in.DeliveredRates[0] <= 0 ||
+						in.DeliveryLatency.Count != 2000 {
+						t.Errorf("%s: instance %d: %+v; want 1 subscriber with 2000 deliveries, none missing or twice", r.Target, i+2, in)
+					}
+				}
+			}
+			if got := []string{sum.Result.Instances[0].Instance, sum.Result.Instances[1].Instance}; got[0] != "bench-2" || got[1] != "bench-3" {
+				t.Errorf("subscribed instances %v, want bench-2 and bench-3", got)
+			}
+			if r := sum.Result; r.OutboxLeft == nil || *r.OutboxLeft != 0 {
+				t.Errorf("outbox entries left (subscribers and peers) = %v, want 0", r.OutboxLeft)
+			}
+		})
+	}
+}
+
 func TestBenchFlags(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -84,6 +144,9 @@ func TestBenchFlags(t *testing.T) {
 		{[]string{"-publishers", "0"}, "-publishers >= 1"},
 		{[]string{"-count", "0"}, "-count >= 1"},
 		{[]string{"extra"}, "no arguments"},
+		{[]string{"-mesh", "star"}, `unknown -mesh "star"`},
+		{[]string{"-idle", "-1"}, "-idle must be between 0"},
+		{[]string{"-mesh", "line", "-url", "ws://127.0.0.1:1/ws"}, "cannot be used with -url"},
 	} {
 		err := runBench(context.Background(), tc.args, &bytes.Buffer{}, &bytes.Buffer{})
 		var ue *usageError
