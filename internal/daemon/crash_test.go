@@ -140,6 +140,11 @@ func (s *crashSubscriber) runFor(url string, round int, stop <-chan struct{}) {
 		<-stop
 		_ = conn.Close()
 	}()
+	s.serve(conn, round)
+}
+
+// serve reads conn until it breaks, recording and ACKing every SK.
+func (s *crashSubscriber) serve(conn *websocket.Conn, round int) {
 	for {
 		_, b, err := conn.ReadMessage()
 		if err != nil {
@@ -156,6 +161,7 @@ func (s *crashSubscriber) runFor(url string, round int, stop <-chan struct{}) {
 		}
 		s.mu.Unlock()
 		ack := slipstream.Encode(&slipstream.Message{Type: slipstream.TypeACK, MessageID: m.MessageID, ClusterGroupID: m.ClusterGroupID})
+		_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 		if conn.WriteMessage(websocket.TextMessage, ack) != nil {
 			return
 		}

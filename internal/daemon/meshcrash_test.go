@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-
-	slipstream "github.com/slipstream-sync/slipstream"
 )
 
 // Crashes across a mesh: one instance of a linked pair runs as a
@@ -72,14 +70,9 @@ func holdPort(t *testing.T, port int) (release func()) {
 	return release
 }
 
-// meshCrashSub is a durable client (?id=crash-sub: the link exists before
-// the upgrade) that ACKs every SK and records, per id, the round (the
-// connection) it first arrived in.
-type meshCrashSub struct {
-	mu       sync.Mutex
-	received []string
-	firstIn  map[string]int
-}
+// meshCrashSub is crash_test.go's durable subscriber (?id=crash-sub: the
+// link exists before the upgrade), connected with retries.
+type meshCrashSub = crashSubscriber
 
 // connect dials url as crash-sub and serves the connection in the
 // background until it breaks or stop is called.
@@ -94,27 +87,7 @@ func (s *meshCrashSub) connect(t *testing.T, url string, round int) (stop func()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for {
-			_, b, err := conn.ReadMessage()
-			if err != nil {
-				return
-			}
-			m, err := slipstream.Decode(b, nil)
-			if err != nil || m.Type != slipstream.TypeSK {
-				continue
-			}
-			s.mu.Lock()
-			s.received = append(s.received, m.MessageID)
-			if _, again := s.firstIn[m.MessageID]; !again {
-				s.firstIn[m.MessageID] = round
-			}
-			s.mu.Unlock()
-			ack := slipstream.Encode(&slipstream.Message{Type: slipstream.TypeACK, MessageID: m.MessageID, ClusterGroupID: m.ClusterGroupID})
-			_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			if conn.WriteMessage(websocket.TextMessage, ack) != nil {
-				return
-			}
-		}
+		s.serve(conn, round)
 	}()
 	var once sync.Once
 	stop = func() { once.Do(func() { conn.Close(); <-done }) }
