@@ -74,8 +74,8 @@ pipeline "sync" {
   stage "tag_filter" {}
   stage "persist" {}
   stage "ack" {}
-  # stage "state" {} and stage "command" {} go here, between ack and fanout:
-  # they are added with the state capability.
+  stage "state" {}
+  stage "command" {}
   stage "fanout" {}
 
   sinks = [sink.websocket.links]

@@ -324,7 +324,7 @@ func TestLoadEmbeddedDefault(t *testing.T) {
 		}
 	}
 	p := cfg.Pipeline("sync")
-	if p == nil || p.HasStage("state") || p.HasStage("command") || !p.HasStage("fanout") {
+	if p == nil || !p.HasStage("state") || !p.HasStage("command") || !p.HasStage("fanout") {
 		t.Errorf("pipeline = %+v", p)
 	}
 

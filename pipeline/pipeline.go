@@ -56,6 +56,9 @@ type Origin interface {
 	Tags() []string
 	// IsPeer reports whether the remote is another Slipstream instance.
 	IsPeer() bool
+	// AllowCommands reports whether the link may issue slipstream.*
+	// commands (allow_commands of its listener or peer block).
+	AllowCommands() bool
 	// Reply queues a control frame (ACK, ERR, a reply) to the link's live
 	// connection. It never blocks on the network; when the link is down or
 	// its queue is full the frame is dropped (the sender retransmits).

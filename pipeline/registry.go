@@ -80,11 +80,14 @@ type BuildContext struct {
 	Tracer   trace.Tracer
 	// Sinks are the built sinks of the pipeline (stages only).
 	Sinks []Sink
+	// Commands holds the instance's slipstream.* commands, run by the
+	// command stage (stages only; may be nil in tests).
+	Commands *Commands
 	// StageKinds lists the stage kinds of the pipeline, in order (stages only).
 	StageKinds []string
-	// StageConfigs maps the kind of each stage built so far in this pipeline
-	// to its decoded config (stages only; a later stage may read an earlier
-	// one's settings, as persist reads dedup's window).
+	// StageConfigs maps the kind of each stage of this pipeline to its
+	// decoded config (stages only; a stage may read another one's settings,
+	// as persist reads dedup's window and state's tombstone_ttl).
 	StageConfigs map[string]any
 }
 

@@ -57,6 +57,7 @@ func init() {
 				self:     bc.Instance.ID,
 				cluster:  bc.Instance.ClusterGroup,
 				requests: bc.HasStage("state"),
+				replies:  bc.HasStage("tag_filter") && bc.HasStage("fanout"),
 				now:      time.Now,
 			}, nil
 		},
@@ -69,6 +70,7 @@ type Decode struct {
 	self     string
 	cluster  string
 	requests bool // the pipeline can answer GK/GA/GW
+	replies  bool // the pipeline routes replies back (tag_filter + fanout)
 	now      func() time.Time
 }
 
@@ -99,12 +101,19 @@ func (d *Decode) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pipe
 		case m.Type == slipstream.TypeACK || m.Type == slipstream.TypeERR:
 			continue // consumed by the ack stage
 		case m.IsReply():
-			reject(e, &slipstream.Error{Code: slipstream.CodeUnsupported, MessageID: m.MessageID,
-				Text: "replies (inReplyTo) are not routed by this pipeline"})
-			continue
+			if !d.replies {
+				reject(e, &slipstream.Error{Code: slipstream.CodeUnsupported, MessageID: m.MessageID,
+					Text: "replies (inReplyTo) are not routed by this pipeline"})
+				continue
+			}
 		case m.Type.IsRequest() && !d.requests:
 			reject(e, &slipstream.Error{Code: slipstream.CodeUnsupported, MessageID: m.MessageID,
 				Text: string(m.Type) + " requests need a pipeline with a state stage"})
+			continue
+		case IsInstanceCommand(m) && e.From != nil && !e.From.AllowCommands():
+			reject(e, &slipstream.Error{Code: slipstream.CodeForbidden, MessageID: m.MessageID,
+				Text: "link " + quote(e.From.ID()) + " may not issue " + quote(m.Command) +
+					" (slipstream.* commands need allow_commands on its listener or peer block)"})
 			continue
 		}
 		d.fill(e)

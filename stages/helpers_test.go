@@ -309,6 +309,7 @@ type fakeOrigin struct {
 	id        string
 	tags      []string
 	peer      bool
+	commands  bool
 	ReplyFunc func(*slipstream.Message)
 
 	mu      sync.Mutex
@@ -320,9 +321,10 @@ var _ pipeline.Origin = (*fakeOrigin)(nil)
 func client(id string) *fakeOrigin { return &fakeOrigin{id: id, tags: []string{"local"}} }
 func peer(id string) *fakeOrigin   { return &fakeOrigin{id: id, peer: true} }
 
-func (o *fakeOrigin) ID() string     { return o.id }
-func (o *fakeOrigin) Tags() []string { return o.tags }
-func (o *fakeOrigin) IsPeer() bool   { return o.peer }
+func (o *fakeOrigin) ID() string          { return o.id }
+func (o *fakeOrigin) Tags() []string      { return o.tags }
+func (o *fakeOrigin) IsPeer() bool        { return o.peer }
+func (o *fakeOrigin) AllowCommands() bool { return o.commands }
 func (o *fakeOrigin) Reply(m *slipstream.Message) {
 	if o.ReplyFunc != nil {
 		o.ReplyFunc(m)

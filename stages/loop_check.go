@@ -26,7 +26,7 @@ func init() {
 	pipeline.Register(pipeline.Kind{
 		Class:     pipeline.ClassStage,
 		Name:      "loop_check",
-		Summary:   "Drops a data message whose messagePath already holds this instance (a loop; it is still ACKed so the sender stops retrying), otherwise appends this instance's id to messagePath.",
+		Summary:   "Drops a data message or request whose messagePath already holds this instance (a loop; data is still ACKed so the sender stops retrying), otherwise appends this instance's id to messagePath.",
 		Example:   "stage \"loop_check\" {}\n",
 		NewConfig: func() any { return &LoopCheckConfig{MaxHops: slipstream.DefaultLimits().MaxPath} },
 		Build: func(cfg any, bc *pipeline.BuildContext) (any, error) {
@@ -46,7 +46,7 @@ var _ pipeline.Stage = (*LoopCheck)(nil)
 // Process implements pipeline.Stage.
 func (l *LoopCheck) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pipeline.Envelope, error) {
 	for _, e := range batch {
-		if !isData(e) {
+		if !isData(e) && !isRequest(e) {
 			continue
 		}
 		m := e.Msg

@@ -72,9 +72,19 @@ func TestLoopCheck(t *testing.T) {
 				return decoded(t, o, `{"type":"ACK","messageId":"m1","messagePath":["`+selfID+`"]}`)
 			},
 			wantStatus: pipeline.Accepted, wantPath: []string{selfID}},
-		{name: "GK request untouched",
+		{name: "GK request: own id appended",
 			env: func(t *testing.T, o *fakeOrigin) *pipeline.Envelope {
 				return decoded(t, o, `{"type":"GK","messageId":"q1","key":"k","messagePath":["aws-1"]}`)
+			},
+			wantStatus: pipeline.Accepted, wantPath: []string{"aws-1", selfID}},
+		{name: "GK request that looped: dropped, no ERR",
+			env: func(t *testing.T, o *fakeOrigin) *pipeline.Envelope {
+				return decoded(t, o, `{"type":"GK","messageId":"q1","key":"k","messagePath":["aws-1","`+selfID+`"]}`)
+			},
+			wantStatus: pipeline.Loop, wantPath: []string{"aws-1", selfID}},
+		{name: "reply untouched (routed by the request table, not the path)",
+			env: func(t *testing.T, o *fakeOrigin) *pipeline.Envelope {
+				return decoded(t, o, `{"type":"GK","messageId":"r1","inReplyTo":"q1","key":"k","found":false,"messagePath":["aws-1"]}`)
 			},
 			wantStatus: pipeline.Accepted, wantPath: []string{"aws-1"}},
 		{name: "reply untouched",

@@ -8,10 +8,7 @@ import (
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
-	"go.opentelemetry.io/otel/propagation"
-	"go.opentelemetry.io/otel/trace"
 
-	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/store"
 	"github.com/slipstream-sync/slipstream/pipeline"
@@ -21,14 +18,25 @@ func init() {
 	pipeline.Register(pipeline.Kind{
 		Class: pipeline.ClassStage,
 		Name:  "persist",
-		Summary: "Group commit: writes every data message of a batch, its dedup marker (TTL = dedup's window) and one outbox " +
-			"entry per recipient in ONE synced Badger transaction, and only then passes the batch on. A message whose marker " +
+		Summary: "Group commit: writes every data message of a batch, its dedup marker (TTL = dedup's window), one outbox " +
+			"entry per recipient and, when the pipeline has a state stage, the new value of each SK/SA/SW key (last writer wins) in ONE synced Badger transaction, and only then passes the batch on. A message whose marker " +
 			"is already stored (a copy that overtook the dedup stage) becomes a duplicate instead. Requests and control " +
 			"frames are never stored.",
 		Example:   "stage \"persist\" {}\n",
 		NewConfig: func() any { return &noConfig{} },
 		Build: func(_ any, bc *pipeline.BuildContext) (any, error) {
 			p := &Persist{db: bc.Store.DB(), links: bc.Links, self: bc.Instance.ID, log: bc.Logger}
+			if bc.HasStage("state") {
+				sc, _ := bc.StageConfigs["state"].(*StateConfig)
+				if sc == nil {
+					sc = defaultStateConfig()
+				}
+				w, err := newStateWriter(sc, bc)
+				if err != nil {
+					return nil, err
+				}
+				p.state = w
+			}
 			if dc, ok := bc.StageConfigs["dedup"].(*DedupConfig); ok {
 				p.window = dc.Window
 			}
@@ -44,7 +52,10 @@ type Persist struct {
 	self   string
 	log    *slog.Logger
 	window time.Duration // 0: the pipeline has no dedup stage, no markers
-	seen   map[string]struct{}
+	// state, when the pipeline has a state stage, applies SK/SA/SW to the
+	// replicated state in the same transaction (see stages/state.go).
+	state *stateWriter
+	seen  map[string]struct{}
 }
 
 var _ pipeline.Stage = (*Persist)(nil)
@@ -112,7 +123,7 @@ func (p *Persist) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pip
 			}
 		}
 		e.Encoded = p.encode(e)
-		n := int64(len(e.Recipients)) + 1
+		n := int64(len(e.Recipients)) + 2
 		sz := n * int64(len(e.Encoded)+len(marker)+64)
 		if count > 0 && (count+n > maxCount || size+sz > maxSize) {
 			if err := commit(); err != nil {
@@ -135,6 +146,11 @@ func (p *Persist) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pip
 				return fail(fmt.Errorf("message %s: %w", m.MessageID, err))
 			}
 		}
+		if p.state != nil {
+			if err := p.state.apply(txn, m); err != nil {
+				return fail(fmt.Errorf("message %s: %w", m.MessageID, err))
+			}
+		}
 		pending = append(pending, e)
 		count, size = count+n, size+sz
 	}
@@ -146,17 +162,5 @@ func (p *Persist) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pip
 	return batch, nil
 }
 
-// encode renders the message as forwarded: sourceInstanceId is this
-// instance, and the trace context is this instance's span when tracing is on
-// (otherwise the incoming traceparent rides on unchanged).
-func (p *Persist) encode(e *pipeline.Envelope) []byte {
-	m := e.Msg
-	m.SourceInstanceID = p.self
-	if sc := trace.SpanContextFromContext(e.Context()); sc.IsValid() {
-		carrier := propagation.MapCarrier{}
-		traceContext.Inject(e.Context(), carrier)
-		m.TraceParent = carrier.Get("traceparent")
-		m.TraceState = carrier.Get("tracestate")
-	}
-	return slipstream.Encode(m)
-}
+// encode renders the message as forwarded (see forwardFrame).
+func (p *Persist) encode(e *pipeline.Envelope) []byte { return forwardFrame(e, p.self) }

@@ -83,8 +83,18 @@ func TestTagFilter(t *testing.T) {
 			from: peer("aws-1"), msg: msg("pi-aws", []string{"aws-1", selfID}), status: pipeline.Rejected},
 		{name: "ACK: no recipients",
 			from: peer("aws-1"), msg: `{"type":"ACK","messageId":"m1","clusterGroupId":"cg"}`},
-		{name: "GK request: no recipients",
-			from: client("pi-1"), msg: `{"type":"GK","messageId":"q1","key":"k"}`},
+		{name: "GK request: peers only",
+			from: client("pi-1"), msg: `{"type":"GK","messageId":"q1","key":"k"}`,
+			want: []string{"aws-1", "azure-1", "gcp-1"}},
+		{name: "GK request targeted: matching peers only",
+			from: client("pi-1"), msg: `{"type":"GK","messageId":"q2","key":"k","targetedTags":["production"]}`,
+			want: []string{"aws-1", "azure-1"}},
+		{name: "slipstream command: peers only",
+			from: client("pi-1"), msg: `{"type":"CMD","messageId":"c1","command":"slipstream.ping"}`,
+			want: []string{"aws-1", "azure-1", "gcp-1"}},
+		{name: "application command: every link, like data",
+			from: client("pi-1"), msg: `{"type":"CMD","messageId":"c2","command":"reload"}`,
+			want: []string{"aws-1", "azure-1", "con-0a1b", "gcp-1"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -52,6 +52,10 @@ type Instance struct {
 	tracer  trace.Tracer
 	flush   func(context.Context) error
 	admin   *admin.Server
+	dlq     *admin.DLQ
+
+	commands *pipeline.Commands
+	created  time.Time
 
 	sources map[string]pipeline.Source
 	sinks   map[string]pipeline.Sink
@@ -67,7 +71,8 @@ type Instance struct {
 // New opens the store and builds every part of cfg. On error everything
 // opened so far is closed again.
 func New(cfg *pipeline.Config, o Options) (in *Instance, err error) {
-	in = &Instance{cfg: cfg, opts: o, sources: map[string]pipeline.Source{}, sinks: map[string]pipeline.Sink{}}
+	in = &Instance{cfg: cfg, opts: o, sources: map[string]pipeline.Source{}, sinks: map[string]pipeline.Sink{},
+		commands: pipeline.NewCommands(), created: time.Now()}
 	if o.LogOutput == nil {
 		o.LogOutput = os.Stderr
 	}
@@ -111,6 +116,8 @@ func New(cfg *pipeline.Config, o Options) (in *Instance, err error) {
 	if err != nil {
 		return nil, err
 	}
+	in.dlq = admin.NewDLQ(in.store, in.links, in.log.With("part", "dlq"))
+	in.registerCommands(in.dlq)
 	if err := in.build(); err != nil {
 		return nil, err
 	}
@@ -123,7 +130,8 @@ func New(cfg *pipeline.Config, o Options) (in *Instance, err error) {
 		alog := in.log.With("part", "admin")
 		in.admin = admin.New(in.metrics, in.readyChecks(), alog)
 		in.admin.RequireToken(cfg.Admin.Token)
-		admin.NewDLQ(in.store, in.links, alog).Register(in.admin)
+		in.dlq.Register(in.admin)
+		in.registerState(in.admin)
 		if err := in.admin.Listen(listen); err != nil {
 			return nil, fmt.Errorf("admin listener on %s: %w", listen, err)
 		}
@@ -140,6 +148,7 @@ func (in *Instance) buildContext(name string) *pipeline.BuildContext {
 		Logger:   in.log.With("part", name),
 		Metrics:  in.metrics,
 		Tracer:   in.tracer,
+		Commands: in.commands,
 	}
 }
 
@@ -199,6 +208,9 @@ func (in *Instance) build() error {
 		}
 		configs := map[string]any{}
 		for _, st := range pc.Stages {
+			configs[st.Kind] = st.Config
+		}
+		for _, st := range pc.Stages {
 			bc := in.buildContext(st.Kind)
 			bc.Pipeline, bc.Sinks, bc.StageKinds, bc.StageConfigs = pc.Name, sinks, kinds, configs
 			bc.Logger = in.log.With("pipeline", pc.Name, "stage", st.Kind)
@@ -210,7 +222,6 @@ func (in *Instance) build() error {
 			if !ok {
 				return fmt.Errorf("stage kind %q built a %T, not a Stage", st.Kind, p)
 			}
-			configs[st.Kind] = st.Config
 			r.Stages = append(r.Stages, pipeline.NamedStage{Kind: st.Kind, Stage: s})
 			in.parts = append(in.parts, p)
 		}

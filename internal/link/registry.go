@@ -38,6 +38,8 @@ type Registry struct {
 	links     map[string]*Link
 	newOutbox func(*Link) Outbox
 	closed    bool
+
+	requests *Requests
 }
 
 // NewRegistry loads the known links of st. Outbox entries of links that are
@@ -46,7 +48,7 @@ func NewRegistry(st *store.Store, self string, log *slog.Logger) (*Registry, err
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Registry{st: st, self: self, log: log, links: map[string]*Link{}}
+	r := &Registry{st: st, self: self, log: log, links: map[string]*Link{}, requests: newRequests()}
 	recs, err := st.Links()
 	if err != nil {
 		return nil, fmt.Errorf("load links: %w", err)
@@ -335,17 +337,31 @@ func (r *Registry) All() []*Link {
 	return out
 }
 
+// Requests is the instance's table of requests awaiting replies.
+func (r *Registry) Requests() *Requests { return r.requests }
+
 // Recipients chooses the links a data message goes to (PROTOCOL.md "Routing,
 // step by step", step 5): every link except the one it came from (fromID),
 // except any whose id is the message's origin or is already in its path, and,
 // when targetedTags is non-empty, only links with at least one matching tag.
 // dst is reused.
 func (r *Registry) Recipients(dst []*Link, fromID string, m *slipstream.Message) []*Link {
+	return r.recipients(dst, fromID, m, false)
+}
+
+// PeerRecipients is Recipients restricted to peer links (other instances):
+// the recipients of requests and of slipstream.* commands, which only
+// instances answer.
+func (r *Registry) PeerRecipients(dst []*Link, fromID string, m *slipstream.Message) []*Link {
+	return r.recipients(dst, fromID, m, true)
+}
+
+func (r *Registry) recipients(dst []*Link, fromID string, m *slipstream.Message, peersOnly bool) []*Link {
 	dst = dst[:0]
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	for id, l := range r.links {
-		if id == fromID || id == m.OriginInstanceID || m.InPath(id) {
+		if id == fromID || id == m.OriginInstanceID || m.InPath(id) || (peersOnly && !l.IsPeer()) {
 			continue
 		}
 		if len(m.TargetedTags) > 0 && !slipstream.HasAnyTag(l.Tags(), m.TargetedTags) {

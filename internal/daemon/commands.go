@@ -1,0 +1,162 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/slipstream-sync/slipstream/internal/admin"
+	"github.com/slipstream-sync/slipstream/pipeline"
+)
+
+// The built-in slipstream.* commands, run by the command stage of each
+// instance a CMD reaches (PROTOCOL.md "Requests and replies"). docs/protocol.md
+// lists them; `slipstream.help` answers the same list at run time.
+
+// decodeArgs decodes a command's args object into v; absent args leave v
+// as it is. Unknown members are refused so that a typo is not ignored.
+func decodeArgs(args json.RawMessage, v any) error {
+	if len(args) == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(strings.NewReader(string(args)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("bad args: %w", err)
+	}
+	return nil
+}
+
+// parseLevel reads a log level name as the config's log.level does.
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	switch strings.ToLower(s) {
+	case "debug", "info", "warn", "error":
+		return l, l.UnmarshalText([]byte(s))
+	}
+	return l, fmt.Errorf("unknown log level %q: use debug, info, warn or error", s)
+}
+
+// LinkStats is one link in the answer of slipstream.stats.
+type LinkStats struct {
+	ID        string   `json:"id"`
+	Peer      bool     `json:"peer"`
+	Connected bool     `json:"connected"`
+	Durable   bool     `json:"durable"`
+	Tags      []string `json:"tags"`
+	Pending   int      `json:"pending"`
+	Dead      int      `json:"deadLetters"`
+}
+
+// Stats is the answer of slipstream.stats.
+type Stats struct {
+	InstanceID      string      `json:"instanceId"`
+	ClusterGroupID  string      `json:"clusterGroupId"`
+	Tags            []string    `json:"tags"`
+	UptimeSeconds   float64     `json:"uptimeSeconds"`
+	LogLevel        string      `json:"logLevel"`
+	PendingRequests int         `json:"pendingRequests"`
+	Links           []LinkStats `json:"links"`
+}
+
+// stats gathers what slipstream.stats answers.
+func (in *Instance) stats() (Stats, error) {
+	s := Stats{InstanceID: in.cfg.Instance.ID, ClusterGroupID: in.cfg.Instance.ClusterGroup, Tags: in.cfg.Instance.Tags,
+		UptimeSeconds: time.Since(in.created).Seconds(), LogLevel: strings.ToLower(in.level.Level().String()),
+		PendingRequests: in.links.Requests().Len(), Links: []LinkStats{}}
+	dead, err := in.store.DLQStats("")
+	if err != nil {
+		return s, err
+	}
+	for _, l := range in.links.All() {
+		n, err := in.store.CountOutbox(l.ID())
+		if err != nil {
+			return s, err
+		}
+		s.Links = append(s.Links, LinkStats{ID: l.ID(), Peer: l.IsPeer(), Connected: l.Connected(), Durable: l.Durable(),
+			Tags: l.Tags(), Pending: n, Dead: dead[l.ID()].Count})
+	}
+	return s, nil
+}
+
+// registerCommands fills in.commands with the built-in commands.
+func (in *Instance) registerCommands(dlq *admin.DLQ) {
+	c := in.commands
+	c.Register(pipeline.Command{Name: "slipstream.ping", Summary: "answers with the instance id and its clock",
+		Run: func(context.Context, json.RawMessage) (any, error) {
+			return map[string]any{"pong": true, "instanceId": in.cfg.Instance.ID, "time": time.Now().UTC().Format(time.RFC3339Nano)}, nil
+		}})
+	c.Register(pipeline.Command{Name: "slipstream.stats", Summary: "links with their state, pending deliveries and dead letters; uptime; log level",
+		Run: func(context.Context, json.RawMessage) (any, error) { return in.stats() }})
+	c.Register(pipeline.Command{Name: "slipstream.set_log_level", Summary: "changes the log level at once", Args: `{"level":"debug|info|warn|error"}`,
+		Run: func(_ context.Context, args json.RawMessage) (any, error) {
+			var a struct {
+				Level string `json:"level"`
+			}
+			if err := decodeArgs(args, &a); err != nil {
+				return nil, err
+			}
+			if a.Level == "" {
+				return nil, errors.New(`args.level is required: {"level":"debug|info|warn|error"}`)
+			}
+			l, err := parseLevel(a.Level)
+			if err != nil {
+				return nil, err
+			}
+			prev := in.level.Level()
+			in.SetLogLevel(l)
+			in.log.Warn("log level changed by command", "from", prev.String(), "to", l.String())
+			return map[string]string{"level": strings.ToLower(l.String()), "previous": strings.ToLower(prev.String())}, nil
+		}})
+	c.Register(pipeline.Command{Name: "slipstream.dlq.list", Summary: "lists dead letters (of one link, or all)", Args: `{"link":"ID","limit":100}`,
+		Run: func(_ context.Context, args json.RawMessage) (any, error) {
+			a := struct {
+				Link  string `json:"link"`
+				Limit int    `json:"limit"`
+			}{Limit: admin.DefaultListLimit}
+			if err := decodeArgs(args, &a); err != nil {
+				return nil, err
+			}
+			if a.Limit <= 0 || a.Limit > admin.MaxListLimit {
+				return nil, fmt.Errorf("limit must be between 1 and %d", admin.MaxListLimit)
+			}
+			return dlq.List(a.Link, a.Limit)
+		}})
+	c.Register(pipeline.Command{Name: "slipstream.dlq.replay", Summary: "moves dead letters back to their links' outboxes (all, one link's, or some seqs of one link)",
+		Args: `{"link":"ID","seqs":[1,2]}`,
+		Run: func(_ context.Context, args json.RawMessage) (any, error) {
+			var sel admin.Selection
+			if err := decodeArgs(args, &sel); err != nil {
+				return nil, err
+			}
+			n, err := dlq.Replay(sel)
+			return map[string]int{"replayed": n}, err
+		}})
+	c.Register(pipeline.Command{Name: "slipstream.dlq.purge", Summary: "deletes dead letters for good (all, one link's, or some seqs of one link)",
+		Args: `{"link":"ID","seqs":[1,2]}`,
+		Run: func(_ context.Context, args json.RawMessage) (any, error) {
+			var sel admin.Selection
+			if err := decodeArgs(args, &sel); err != nil {
+				return nil, err
+			}
+			n, err := dlq.Purge(sel)
+			return map[string]int{"purged": n}, err
+		}})
+	c.Register(pipeline.Command{Name: "slipstream.help", Summary: "lists the commands of this instance",
+		Run: func(context.Context, json.RawMessage) (any, error) {
+			type entry struct {
+				Name    string `json:"name"`
+				Summary string `json:"summary"`
+				Args    string `json:"args,omitempty"`
+			}
+			var out []entry
+			for _, cmd := range c.All() {
+				out = append(out, entry{cmd.Name, cmd.Summary, cmd.Args})
+			}
+			return out, nil
+		}})
+}
