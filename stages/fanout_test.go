@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
+	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -99,5 +102,85 @@ func TestFanoutPassesContextAndOrder(t *testing.T) {
 	}
 	if !slices.Equal(seen, []any{"hard", "hard"}) {
 		t.Errorf("contexts seen %v, want the stage's context each time", seen)
+	}
+}
+
+// Requests and replies are never stored: fanout queues them on their
+// recipients' live connections as forwarded (sourceInstanceId = this
+// instance), and a reply chosen by tag_filter goes back over the link its
+// request came in on.
+func TestRequestsAndRepliesTravelHopByHop(t *testing.T) {
+	h := newHarness(t)
+	filter := h.stage(`stage "tag_filter" {
+  request_timeout = "1m"
+}`)
+	fan := h.stage(`stage "fanout" {}`)
+	awsConn := h.attach(link.Spec{ID: "aws-1", Tags: []string{"aws"}, Peer: true, Acks: true, Durable: true})
+	azureConn := h.attach(link.Spec{ID: "azure-1", Tags: []string{"azure"}, Peer: true, Acks: true, Durable: true})
+	piConn := h.attach(link.Spec{ID: "pi-1", Tags: []string{"local"}, Acks: true, Durable: true})
+	pi := h.links.Get("pi-1")
+
+	// A client asks for azure's value: forwarded to azure-1 only.
+	req := decoded(t, pi, `{"type":"GK","messageId":"q1","originInstanceId":"pi-1","key":"k","targetedTags":["azure"],"messagePath":["self-1"]}`)
+	process(t, fan, process(t, filter, req)...)
+	if got := azureConn.frames(); len(got) != 1 || !strings.Contains(got[0], `"messageId":"q1"`) || !strings.Contains(got[0], `"sourceInstanceId":"self-1"`) {
+		t.Fatalf("azure-1 got %q, want the request as forwarded", got)
+	}
+	if got := awsConn.frames(); len(got) != 0 {
+		t.Fatalf("aws-1 got %q, want nothing (not targeted)", got)
+	}
+	if ob := h.outbox("azure-1"); len(ob) != 0 {
+		t.Fatalf("request stored in an outbox: %v", ob)
+	}
+
+	// azure-1 answers: the reply goes to pi-1, the link q1 came in on.
+	reply := decoded(t, h.links.Get("azure-1"), `{"type":"GK","messageId":"r1","inReplyTo":"q1","originInstanceId":"azure-1","key":"k","found":true,"value":7}`)
+	process(t, fan, process(t, filter, reply)...)
+	if got := piConn.frames(); len(got) != 1 || !strings.Contains(got[0], `"inReplyTo":"q1"`) || !strings.Contains(got[0], `"value":7`) {
+		t.Fatalf("pi-1 got %q, want the reply", got)
+	}
+
+	// The same request arriving again from a peer (another way round the
+	// mesh) is dropped; from a client it is refused: the id is in use.
+	again := decoded(t, h.links.Get("aws-1"), `{"type":"GK","messageId":"q1","originInstanceId":"pi-1","key":"k","messagePath":["x-1","self-1"]}`)
+	if out := process(t, filter, again); len(out) != 0 {
+		t.Fatalf("a copy of a known request was passed on")
+	}
+	reused := decoded(t, client("pi-2"), `{"type":"GK","messageId":"q1","key":"k","messagePath":["self-1"]}`)
+	process(t, filter, reused)
+	if rs := reused.From.(*fakeOrigin).Replies(); reused.Status != pipeline.Rejected || len(rs) != 1 || rs[0].Code != slipstream.CodeInvalid {
+		t.Fatalf("reused id: status %v replies %+v, want Rejected with ERR invalid", reused.Status, rs)
+	}
+
+	// A reply nobody here waits for is dropped.
+	stray := decoded(t, h.links.Get("azure-1"), `{"type":"GK","messageId":"r2","inReplyTo":"unknown","key":"k","found":false}`)
+	if out := process(t, filter, stray); len(out) != 0 {
+		t.Fatalf("an unroutable reply was passed on")
+	}
+
+	// Replies to commands travel back the same way: a client's reply to an
+	// application command reaches the instance the command came from.
+	cmd := decoded(t, h.links.Get("aws-1"), `{"type":"CMD","messageId":"c1","originInstanceId":"ops","command":"reload","messagePath":["aws-1","self-1"]}`)
+	process(t, filter, cmd)
+	creply := decoded(t, pi, `{"type":"CMD","messageId":"r3","inReplyTo":"c1","result":"done"}`)
+	process(t, fan, process(t, filter, creply)...)
+	if got := awsConn.frames(); len(got) != 1 || !strings.Contains(got[0], `"inReplyTo":"c1"`) {
+		t.Fatalf("aws-1 got %q, want the command's reply", got)
+	}
+}
+
+// With the table full, a new request is refused with ERR overloaded.
+func TestRequestTableFull(t *testing.T) {
+	h := newHarness(t)
+	filter := h.stage(`stage "tag_filter" {
+  max_requests = 2
+}`)
+	var last *pipeline.Envelope
+	for _, id := range []string{"q1", "q2", "q3"} {
+		last = decoded(t, client("pi-1"), `{"type":"GK","messageId":"`+id+`","key":"k"}`)
+		process(t, filter, last)
+	}
+	if rs := last.From.(*fakeOrigin).Replies(); last.Status != pipeline.Rejected || len(rs) != 1 || rs[0].Code != slipstream.CodeOverloaded {
+		t.Fatalf("third request: status %v replies %+v, want ERR overloaded", last.Status, rs)
 	}
 }

@@ -369,6 +369,17 @@ func (c *fakeConn) SendControl(frame []byte) bool {
 	return !c.closed
 }
 
+// frames returns the control frames queued so far, as strings.
+func (c *fakeConn) frames() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, len(c.control))
+	for i, f := range c.control {
+		out[i] = string(f)
+	}
+	return out
+}
+
 func (c *fakeConn) SendData(ctx context.Context, frame []byte) error {
 	if c.SendDataFunc != nil {
 		return c.SendDataFunc(ctx, frame)
