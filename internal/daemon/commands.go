@@ -160,3 +160,6 @@ func (in *Instance) registerCommands(dlq *admin.DLQ) {
 			return out, nil
 		}})
 }
+
+// LogLevel is the current log level.
+func (in *Instance) LogLevel() slog.Level { return in.level.Level() }

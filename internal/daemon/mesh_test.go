@@ -30,6 +30,9 @@ type meshNode struct {
 	port  int
 	dir   string
 	peers []string // ids of the instances it dials
+	// commands: peers and the extra "ops" listener may issue slipstream.*
+	// commands (the "ingress" listener may not).
+	commands bool
 }
 
 // meshHCL is the instance's config: the default pipeline, the listener on
@@ -39,11 +42,21 @@ func meshHCL(n meshNode, all map[string]meshNode) string {
 	var peers strings.Builder
 	for _, id := range n.peers {
 		p := all[id]
-		fmt.Fprintf(&peers, "  peer %q {\n    url  = \"ws://127.0.0.1:%d/ws\"\n    tags = %s\n  }\n", id, p.port, hclList(p.tags))
+		fmt.Fprintf(&peers, "  peer %q {\n    url  = \"ws://127.0.0.1:%d/ws\"\n    tags = %s\n    allow_commands = %v\n  }\n",
+			id, p.port, hclList(p.tags), n.commands)
 	}
 	client, ref := "", ""
+	if n.commands {
+		client = `
+source "websocket_server" "ops" {
+  listen         = "127.0.0.1:0"
+  allow_commands = true
+}
+`
+		ref = ", source.websocket_server.ops"
+	}
 	if len(n.peers) > 0 {
-		client = fmt.Sprintf(`
+		client += fmt.Sprintf(`
 source "websocket_client" "peers" {
 %s  retry {
     interval     = "20ms"
@@ -57,7 +70,7 @@ source "websocket_client" "peers" {
   }
 }
 `, peers.String())
-		ref = ", source.websocket_client.peers"
+		ref += ", source.websocket_client.peers"
 	}
 	return fmt.Sprintf(`
 instance {
@@ -87,6 +100,8 @@ pipeline "sync" {
   stage "tag_filter" {}
   stage "persist" {}
   stage "ack" {}
+  stage "state" {}
+  stage "command" {}
   stage "fanout" {}
   sinks = [sink.websocket.links]
 }
@@ -117,6 +132,12 @@ type mesh struct {
 // links lists who dials whom: "a>b" means a has a peer block for b.
 func newMesh(t *testing.T, tags map[string][]string, links ...string) *mesh {
 	t.Helper()
+	return newMeshWith(t, false, tags, links...)
+}
+
+// newMeshWith is newMesh; commands sets meshNode.commands on every node.
+func newMeshWith(t *testing.T, commands bool, tags map[string][]string, links ...string) *mesh {
+	t.Helper()
 	m := &mesh{t: t, nodes: map[string]meshNode{}, ins: map[string]*testInstance{}, held: map[string]net.Listener{}}
 	t.Cleanup(func() {
 		for _, ln := range m.held {
@@ -129,7 +150,8 @@ func newMesh(t *testing.T, tags map[string][]string, links ...string) *mesh {
 			t.Fatal(err)
 		}
 		m.held[id] = ln
-		m.nodes[id] = meshNode{id: id, tags: tg, port: ln.Addr().(*net.TCPAddr).Port, dir: filepath.Join(t.TempDir(), id)}
+		m.nodes[id] = meshNode{id: id, tags: tg, port: ln.Addr().(*net.TCPAddr).Port, dir: filepath.Join(t.TempDir(), id),
+			commands: commands}
 	}
 	for _, l := range links {
 		from, to, ok := strings.Cut(l, ">")
