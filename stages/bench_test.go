@@ -128,9 +128,19 @@ func BenchmarkTagFilter(b *testing.B) {
 	runBench(b, st, batch, func() {})
 }
 
+// BenchmarkPersist measures the group commit alone (no state stage in the
+// pipeline) and with the state applied in the same transaction.
 func BenchmarkPersist(b *testing.B) {
+	b.Run("messages", func(b *testing.B) { benchPersist(b, false) })
+	b.Run("with-state", func(b *testing.B) { benchPersist(b, true) })
+}
+
+func benchPersist(b *testing.B, withState bool) {
 	h := newHarness(b)
 	h.stage(`stage "dedup" { window = "1h" }`)
+	if withState {
+		h.bc.StageKinds = []string{"dedup", "persist", "state"}
+	}
 	st := h.stage(`stage "persist" {}`)
 	benchLinks(h)
 	batch := benchDecoded(b, "msg-")
@@ -152,6 +162,36 @@ func BenchmarkPersist(b *testing.B) {
 		}
 	}
 	reportPerMsg(b)
+}
+
+// BenchmarkState answers GK requests for keys that are set.
+func BenchmarkState(b *testing.B) {
+	h := newHarness(b)
+	h.bc.StageKinds = []string{"persist", "state"}
+	st := h.stage(`stage "state" {}`)
+	persist := h.stage(`stage "persist" {}`)
+	if _, err := persist.Process(context.Background(), benchDecoded(b, "set-")); err != nil {
+		b.Fatal(err)
+	}
+	from := benchOrigin("pi-1", false)
+	batch := make([]*pipeline.Envelope, benchBatch)
+	for i := range batch {
+		m, err := slipstream.Decode(fmt.Appendf(nil, `{"type":"GK","messageId":"q-%d","key":"order:123456"}`, i), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		batch[i] = &pipeline.Envelope{Msg: m, From: from}
+	}
+	runBench(b, st, batch, func() {})
+}
+
+// BenchmarkCommand is the command stage's cost for data that is not a
+// slipstream.* command (what it sees almost always).
+func BenchmarkCommand(b *testing.B) {
+	h := newHarness(b)
+	h.bc.Commands = pipeline.NewCommands()
+	st := h.stage(`stage "command" {}`)
+	runBench(b, st, benchDecoded(b, "msg-"), func() {})
 }
 
 func BenchmarkAck(b *testing.B) {
@@ -178,7 +218,7 @@ func (s *countingSink) Deliver(_ context.Context, batch []*pipeline.Envelope) er
 	return nil
 }
 
-// BenchmarkPipelineInProcess runs all seven stages under a pipeline.Runner,
+// BenchmarkPipelineInProcess runs the nine stages of the default pipeline under a pipeline.Runner,
 // with real Badger (synced group commits), over b.N frames from a client,
 // each routed to three links, and reports msgs/s end to end.
 func BenchmarkPipelineInProcess(b *testing.B) {
@@ -186,7 +226,8 @@ func BenchmarkPipelineInProcess(b *testing.B) {
 	benchLinks(h)
 	sink := &countingSink{}
 	h.bc.Sinks = []pipeline.Sink{sink}
-	kinds := []string{"decode", "loop_check", "dedup", "tag_filter", "persist", "ack", "fanout"}
+	h.bc.Commands = pipeline.NewCommands()
+	kinds := []string{"decode", "loop_check", "dedup", "tag_filter", "persist", "ack", "state", "command", "fanout"}
 	h.bc.StageKinds = kinds
 	snippets := map[string]string{"dedup": `stage "dedup" { window = "1h" }`}
 	var stages []pipeline.NamedStage
