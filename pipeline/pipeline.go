@@ -13,6 +13,7 @@ import (
 	"time"
 
 	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/link"
 )
 
 // Status is what the pipeline has decided about an envelope so far. Stages
@@ -59,6 +60,9 @@ type Origin interface {
 	// AllowCommands reports whether the link may issue slipstream.*
 	// commands (allow_commands of its listener or peer block).
 	AllowCommands() bool
+	// Permissions restrict what the link may send (nil: nothing beyond
+	// AllowCommands); decode refuses the rest with ERR forbidden.
+	Permissions() *link.Permissions
 	// Reply queues a control frame (ACK, ERR, a reply) to the link's live
 	// connection. It never blocks on the network; when the link is down or
 	// its queue is full the frame is dropped (the sender retransmits).

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/propagation"
 
 	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/telemetry"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -52,13 +54,21 @@ func init() {
 				MaxKey: l.MaxKey, MaxTags: l.MaxTags, MaxTagLen: l.MaxTagLen}
 		},
 		Build: func(cfg any, bc *pipeline.BuildContext) (any, error) {
+			forbidden, err := telemetry.RegisterShared(bc.Metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "slipstream_forbidden_total",
+				Help: "Messages refused with ERR forbidden because the link's permissions (or allow_commands) do not allow them, by message type. Nothing of them was stored or forwarded.",
+			}, []string{"type"}))
+			if err != nil {
+				return nil, err
+			}
 			return &Decode{
-				lim:      cfg.(*DecodeConfig).limits(),
-				self:     bc.Instance.ID,
-				cluster:  bc.Instance.ClusterGroup,
-				requests: bc.HasStage("state"),
-				replies:  bc.HasStage("tag_filter") && bc.HasStage("fanout"),
-				now:      time.Now,
+				forbidden: forbidden,
+				lim:       cfg.(*DecodeConfig).limits(),
+				self:      bc.Instance.ID,
+				cluster:   bc.Instance.ClusterGroup,
+				requests:  bc.HasStage("state"),
+				replies:   bc.HasStage("tag_filter") && bc.HasStage("fanout"),
+				now:       time.Now,
 			}, nil
 		},
 	})
@@ -72,6 +82,8 @@ type Decode struct {
 	requests bool // the pipeline can answer GK/GA/GW
 	replies  bool // the pipeline routes replies back (tag_filter + fanout)
 	now      func() time.Time
+
+	forbidden *prometheus.CounterVec
 }
 
 var _ pipeline.Stage = (*Decode)(nil)
@@ -111,10 +123,14 @@ func (d *Decode) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pipe
 				Text: string(m.Type) + " requests need a pipeline with a state stage"})
 			continue
 		case IsInstanceCommand(m) && e.From != nil && !e.From.AllowCommands():
-			reject(e, &slipstream.Error{Code: slipstream.CodeForbidden, MessageID: m.MessageID,
-				Text: "link " + quote(e.From.ID()) + " may not issue " + quote(m.Command) +
-					" (slipstream.* commands need allow_commands on its listener or peer block)"})
+			d.forbid(e, "link "+quote(e.From.ID())+" may not issue "+quote(m.Command)+
+				" (slipstream.* commands need allow_commands on its listener or peer block)")
 			continue
+		case e.From != nil:
+			if err := e.From.Permissions().Check(m); err != nil {
+				d.forbid(e, "link "+quote(e.From.ID())+" "+err.Error())
+				continue
+			}
 		}
 		d.fill(e)
 		if m.TraceParent != "" {
@@ -126,6 +142,12 @@ func (d *Decode) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pipe
 		}
 	}
 	return batch, nil
+}
+
+// forbid refuses e with ERR forbidden and counts it.
+func (d *Decode) forbid(e *pipeline.Envelope, text string) {
+	d.forbidden.WithLabelValues(string(e.Msg.Type)).Inc()
+	reject(e, &slipstream.Error{Code: slipstream.CodeForbidden, MessageID: e.Msg.MessageID, Text: text})
 }
 
 // fill sets the fields an entering message may lack (routing step 4).

@@ -5,9 +5,11 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"go.opentelemetry.io/otel/trace"
 
 	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -390,5 +392,60 @@ func TestDecodeConfigDiagnosticIsStable(t *testing.T) {
 		if got := configDiags(t, src); got != first {
 			t.Fatalf("diagnostics differ between runs:\n%s\nthen:\n%s", first, got)
 		}
+	}
+}
+
+// A link's permissions: each refused case answers ERR forbidden and the
+// envelope is Rejected (nothing stored or forwarded); replies and control
+// frames are always allowed.
+func TestDecodeEnforcesPermissions(t *testing.T) {
+	h := newHarness(t)
+	h.bc.StageKinds = []string{"decode", "tag_filter", "state", "fanout"}
+	st := h.stage(`stage "decode" {}`)
+	writer := client("pos-1")
+	writer.perms = &link.Permissions{Publish: []slipstream.Type{slipstream.TypeSK}, Targets: []string{"payments", "eu"}}
+	reader := client("dash-1")
+	reader.perms = &link.Permissions{Publish: []slipstream.Type{slipstream.TypeGK}, ReadState: true}
+	open := client("app-1") // nil permissions: everything but slipstream.* commands
+	cases := []struct {
+		from    *fakeOrigin
+		raw     string
+		wantErr string // "" = accepted
+	}{
+		{writer, `{"type":"SK","messageId":"a1","key":"k","value":1,"targetedTags":["payments"]}`, ""},
+		{writer, `{"type":"SK","messageId":"a2","key":"k","value":1,"targetedTags":["payments","eu"]}`, ""},
+		{writer, `{"type":"SK","messageId":"a3","key":"k","value":1}`, `link "pos-1" must name targetedTags (allowed: [payments eu])`},
+		{writer, `{"type":"SK","messageId":"a4","key":"k","value":1,"targetedTags":["payments","us"]}`, `link "pos-1" may not target tag "us" (allowed: [payments eu])`},
+		{writer, `{"type":"SA","messageId":"a5","key":"k","value":[],"targetedTags":["eu"]}`, `link "pos-1" may not publish SA messages`},
+		{writer, `{"type":"GK","messageId":"a6","key":"k","targetedTags":["eu"]}`, `link "pos-1" may not publish GK messages`},
+		{writer, `{"type":"ACK","messageId":"m9","clusterGroupId":"cg"}`, ""},
+		{writer, `{"type":"CMD","messageId":"a7","inReplyTo":"c1","result":1}`, ""},
+		{reader, `{"type":"GK","messageId":"b1","key":"k"}`, ""},
+		{reader, `{"type":"GA","messageId":"b2","key":"k"}`, `link "dash-1" may not publish GA messages`},
+		{reader, `{"type":"SK","messageId":"b3","key":"k","value":1}`, `link "dash-1" may not publish SK messages`},
+		{open, `{"type":"SW","messageId":"c1","key":"k","value":{"a":1}}`, ""},
+		{open, `{"type":"GK","messageId":"c2","key":"k"}`, ""},
+	}
+	for _, c := range cases {
+		before := len(c.from.Replies())
+		e := frame(c.from, c.raw)
+		process(t, st, e)
+		rs := c.from.Replies()[before:]
+		if c.wantErr == "" {
+			if e.Status != pipeline.Accepted || len(rs) != 0 {
+				t.Errorf("%s from %s: status %v replies %+v, want accepted", c.raw, c.from.id, e.Status, rs)
+			}
+			continue
+		}
+		if e.Status != pipeline.Rejected || len(rs) != 1 || rs[0].Code != slipstream.CodeForbidden || rs[0].Error != c.wantErr {
+			t.Errorf("%s from %s: status %v replies %+v, want ERR forbidden %q", c.raw, c.from.id, e.Status, rs, c.wantErr)
+		}
+	}
+	var mt dto.Metric
+	if err := st.(*Decode).forbidden.WithLabelValues("SK").Write(&mt); err != nil {
+		t.Fatal(err)
+	}
+	if got := mt.GetCounter().GetValue(); got != 3 {
+		t.Errorf("slipstream_forbidden_total{type=SK} = %v, want 3", got)
 	}
 }

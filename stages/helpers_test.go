@@ -310,6 +310,7 @@ type fakeOrigin struct {
 	tags      []string
 	peer      bool
 	commands  bool
+	perms     *link.Permissions
 	ReplyFunc func(*slipstream.Message)
 
 	mu      sync.Mutex
@@ -321,10 +322,11 @@ var _ pipeline.Origin = (*fakeOrigin)(nil)
 func client(id string) *fakeOrigin { return &fakeOrigin{id: id, tags: []string{"local"}} }
 func peer(id string) *fakeOrigin   { return &fakeOrigin{id: id, peer: true} }
 
-func (o *fakeOrigin) ID() string          { return o.id }
-func (o *fakeOrigin) Tags() []string      { return o.tags }
-func (o *fakeOrigin) IsPeer() bool        { return o.peer }
-func (o *fakeOrigin) AllowCommands() bool { return o.commands }
+func (o *fakeOrigin) ID() string                     { return o.id }
+func (o *fakeOrigin) Tags() []string                 { return o.tags }
+func (o *fakeOrigin) IsPeer() bool                   { return o.peer }
+func (o *fakeOrigin) AllowCommands() bool            { return o.commands }
+func (o *fakeOrigin) Permissions() *link.Permissions { return o.perms }
 func (o *fakeOrigin) Reply(m *slipstream.Message) {
 	if o.ReplyFunc != nil {
 		o.ReplyFunc(m)

@@ -112,6 +112,9 @@ type Spec struct {
 	// Commands allows the link to issue slipstream.* commands (the
 	// listener's or peer's allow_commands); not recorded in the store.
 	Commands bool
+	// Perms restricts what the link may send (nil: nothing restricted
+	// beyond Commands). Like Commands, not recorded in the store.
+	Perms *Permissions
 	// Configured marks a link that this instance's configuration declares
 	// (a websocket_client peer): its tags, acks and Commands win over those
 	// of later specs that are not Configured, and it stays a peer. Not
@@ -130,6 +133,7 @@ type Link struct {
 	tags       []string
 	acks       bool
 	commands   bool
+	perms      *Permissions
 	conn       Conn
 	outbox     Outbox
 
@@ -182,6 +186,14 @@ func (l *Link) AllowCommands() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.commands
+}
+
+// Permissions returns what the link may send (Spec.Perms of its latest
+// Attach; nil: not restricted).
+func (l *Link) Permissions() *Permissions {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.perms
 }
 
 // Conn returns the live connection, or nil when the link is down.

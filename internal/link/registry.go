@@ -203,7 +203,7 @@ func (r *Registry) attach(s Spec, c Conn, beforeSending func()) (*Link, error) {
 		l.configured = true
 	} else if l.configured {
 		// The configuration decides, not the remote's HELLO.
-		s.Tags, s.Acks, s.Commands, s.Peer = l.tags, l.acks, l.commands, true
+		s.Tags, s.Acks, s.Commands, s.Perms, s.Peer = l.tags, l.acks, l.commands, l.perms, true
 	}
 	prev := l.conn
 	if prev != nil && isDone(prev) {
@@ -223,6 +223,7 @@ func (r *Registry) attach(s Spec, c Conn, beforeSending func()) (*Link, error) {
 	l.acks = s.Acks
 	l.peer = s.Peer
 	l.commands = s.Commands
+	l.perms = s.Perms
 	if s.Durable {
 		l.durable = true
 	}
