@@ -98,7 +98,7 @@ func newPeer(c *Client, pc PeerConfig) (*peer, error) {
 		timeouts:  c.m.timeouts.WithLabelValues(pc.ID),
 		state:     PeerIdle,
 		spec: link.Spec{ID: pc.ID, Tags: pc.Tags, Peer: true, Acks: true, Durable: true,
-			Commands: pc.AllowCommands, Configured: true},
+			Commands: pc.AllowCommands, Perms: pc.Permissions.perms(), Configured: true},
 	}
 	if p.link, err = c.links.Ensure(p.spec); err != nil {
 		return nil, fmt.Errorf("declare the link: %w", err)

@@ -22,7 +22,7 @@ import (
 // ?acks=false opts out of ACKs. Without an id the link is ephemeral
 // (con-<random>). The error (HTTP 400) names the bad parameter.
 func (s *Server) specFromQuery(q url.Values) (link.Spec, error) {
-	spec := link.Spec{Tags: s.cfg.DefaultTags, Acks: s.cfg.Acks, Commands: s.cfg.AllowCommands}
+	spec := link.Spec{Tags: s.cfg.DefaultTags, Acks: s.cfg.Acks}
 	if v := q.Get("tags"); v != "" {
 		spec.Tags = splitTags(v)
 		if err := checkTags(spec.Tags); err != nil {
@@ -39,6 +39,7 @@ func (s *Server) specFromQuery(q url.Values) (link.Spec, error) {
 	id := q.Get("id")
 	if id == "" {
 		spec.ID = link.NewEphemeralID()
+		spec.Perms, spec.Commands = s.cfg.access(spec.ID)
 		return spec, nil
 	}
 	if err := checkLinkID(id); err != nil {
@@ -48,6 +49,7 @@ func (s *Server) specFromQuery(q url.Values) (link.Spec, error) {
 		return spec, fmt.Errorf("id: %q is this instance's own id", id)
 	}
 	spec.ID, spec.Durable = id, true
+	spec.Perms, spec.Commands = s.cfg.access(spec.ID)
 	return spec, nil
 }
 
@@ -114,7 +116,8 @@ func (s *Server) hello(c *Conn, cur *link.Link, spec link.Spec, m *slipstream.Me
 			Text: fmt.Sprintf("HELLO instanceId %q is this instance's own id", m.InstanceID)}
 	}
 	next := link.Spec{ID: m.InstanceID, Tags: spec.Tags, Peer: m.Role == slipstream.RolePeer,
-		Acks: spec.Acks, Durable: true, Commands: s.cfg.AllowCommands}
+		Acks: spec.Acks, Durable: true}
+	next.Perms, next.Commands = s.cfg.access(next.ID)
 	if len(m.Tags) > 0 {
 		next.Tags = m.Tags
 	}

@@ -18,7 +18,18 @@ import (
 var (
 	errTooManyBadFrames = errors.New("too many bad frames")
 	errClosedMeanwhile  = errors.New("connection closed while waiting for the pipeline")
+	errRateAbuse        = errors.New("rate limit exceeded for too long")
 )
+
+// frameID returns the messageId of a frame refused before decode, when it
+// can be read ("" otherwise).
+func frameID(frame []byte) string {
+	m, err := slipstream.Decode(frame, nil)
+	if err != nil || len(m.MessageID) > slipstream.DefaultMaxMessageID {
+		return ""
+	}
+	return m.MessageID
+}
 
 // firstFrameFunc is offered the first text frame of a connection attached to
 // l (websocket_server: a HELLO). It returns
@@ -36,6 +47,12 @@ type reader struct {
 	first    firstFrameFunc // optional
 	// current, when set, is told the link c belongs to whenever it changes.
 	current func(c *Conn, l *link.Link)
+	// rate, when set, limits the connection's frames (limits block).
+	rate *rateLimit
+	// idle, when > 0, closes a connection that sends no frame for so long.
+	idle time.Duration
+	// rateLimited, when set, counts each frame refused for the rate.
+	rateLimited func()
 }
 
 // run reads c, attached to l, until it fails, emitting every text frame as
@@ -49,12 +66,20 @@ type reader struct {
 // detached from its link and closed.
 func (r *reader) run(c *Conn, l *link.Link) (*link.Link, error) {
 	first, bad := true, 0
+	var idle *time.Timer
+	if r.idle > 0 {
+		idle = time.AfterFunc(r.idle, func() { c.Close(websocket.CloseNormalClosure, "idle timeout") })
+		defer idle.Stop()
+	}
 	for {
 		if !c.waitRoom() {
 			r.links.Detach(l, c)
 			return l, errClosedMeanwhile
 		}
 		frame, refusal, err := c.readFrame(r.maxFrame)
+		if idle != nil && err == nil {
+			idle.Reset(r.idle)
+		}
 		if err != nil {
 			if c.ReadingStopped() {
 				return l, nil
@@ -92,6 +117,21 @@ func (r *reader) run(c *Conn, l *link.Link) (*link.Link, error) {
 			continue
 		}
 		bad = 0
+		if r.rate != nil {
+			if refused, cutOff := r.rate.take(len(frame)); refused {
+				if r.rateLimited != nil {
+					r.rateLimited()
+				}
+				if cutOff {
+					r.links.Detach(l, c)
+					c.Close(websocket.ClosePolicyViolation, "rate limit exceeded for too long")
+					return l, errRateAbuse
+				}
+				c.SendControl(slipstream.Encode(slipstream.NewErr(frameID(frame), slipstream.CodeRateLimited,
+					"rate limit exceeded: slow down and send it again")))
+				continue
+			}
+		}
 		e := &pipeline.Envelope{Raw: frame, From: l, Received: time.Now()}
 		c.track(e)
 		if !r.emit(e) {

@@ -18,6 +18,36 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	if !s.acc.checkToken(r) {
+		s.m.refused.WithLabelValues("token").Inc()
+		s.log.Info("refused a connection without an accepted bearer token", "remote", r.RemoteAddr)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="slipstream"`)
+		http.Error(w, "an accepted bearer token is required: send the header Authorization: Bearer <token>", http.StatusUnauthorized)
+		return
+	}
+	if !s.acc.checkOrigin(r) {
+		s.m.refused.WithLabelValues("origin").Inc()
+		s.log.Info("refused a browser connection from an origin that is not allowed", "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"))
+		http.Error(w, "origin not allowed (see allowed_origins)", http.StatusForbidden)
+		return
+	}
+	if status, text := s.acc.admit(r.RemoteAddr); status != 0 {
+		reason := "max_connections"
+		if status == http.StatusTooManyRequests {
+			reason = "max_connections_per_ip"
+		}
+		s.m.refused.WithLabelValues(reason).Inc()
+		s.log.Warn("refused a connection: limit reached", "remote", r.RemoteAddr, "limit", reason)
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, text, status)
+		return
+	}
+	admitted := true
+	defer func() {
+		if admitted {
+			s.acc.release(r.RemoteAddr)
+		}
+	}()
 	spec, err := s.specFromQuery(r.URL.Query())
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -37,6 +67,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader answered the request
 	}
 	c := newConn(ws, false, s.cfg.Heartbeat, hardFrameFactor*int64(s.cfg.MaxFrame), s.log)
+	admitted = false // released when the connection is gone
+	go func() {
+		<-c.Exited()
+		s.acc.release(r.RemoteAddr)
+	}()
 
 	s.mu.Lock()
 	if s.stopping {
@@ -64,6 +99,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.setLink(c, l)
 	s.log.Info("link connected", "link", l.ID(), "remote", c.RemoteAddr(), "durable", spec.Durable)
 	rd := &reader{links: s.links, maxFrame: s.cfg.MaxFrame, emit: emit, current: s.setLink,
+		rate: newRateLimit(s.cfg.Limits), idle: s.cfg.Limits.IdleTimeout, rateLimited: s.m.rateLimited.Inc,
 		first: func(c *Conn, cur *link.Link, frame []byte) (*link.Link, error) {
 			m := s.helloFrame(frame)
 			if m == nil {
@@ -78,6 +114,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	l, err = rd.run(c, l)
 	switch {
 	case err == nil, errors.Is(err, link.ErrDuplicate):
+	case errors.Is(err, errRateAbuse):
+		s.log.Warn("closed a link that exceeded its rate limit for too long", "link", l.ID(), "remote", c.RemoteAddr())
 	case errors.Is(err, errTooManyBadFrames):
 		s.log.Warn("closed a link that sent too many bad frames", "link", l.ID(), "remote", c.RemoteAddr())
 	default:

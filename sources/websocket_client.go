@@ -18,12 +18,13 @@ import (
 
 // PeerConfig is one `peer "ID"` block of the websocket_client source.
 type PeerConfig struct {
-	ID            string   `hcl:"id,label"`
-	URL           string   `hcl:"url" doc:"ws:// or wss:// URL of the peer's websocket_server, path included (\"wss://azure.example.com:7070/ws\")"`
-	Tags          []string `hcl:"tags,optional" doc:"tags of the link to this peer: messages targeted at one of them are routed to it"`
-	Token         string   `hcl:"token,optional" doc:"sent as Authorization: Bearer <token> when dialling; never logged"`
-	AllowCommands bool     `hcl:"allow_commands,optional" doc:"the peer may issue slipstream.* commands to this instance"`
-	TLS           *PeerTLS `hcl:"tls,block" doc:"TLS settings for a wss:// URL"`
+	ID            string            `hcl:"id,label"`
+	URL           string            `hcl:"url" doc:"ws:// or wss:// URL of the peer's websocket_server, path included (\"wss://azure.example.com:7070/ws\")"`
+	Tags          []string          `hcl:"tags,optional" doc:"tags of the link to this peer: messages targeted at one of them are routed to it"`
+	Token         string            `hcl:"token,optional" doc:"sent as Authorization: Bearer <token> when dialling; never logged"`
+	AllowCommands bool              `hcl:"allow_commands,optional" doc:"the peer may issue slipstream.* commands to this instance"`
+	TLS           *PeerTLS          `hcl:"tls,block" doc:"TLS settings for a wss:// URL"`
+	Permissions   PermissionsConfig `hcl:"permissions,block" doc:"what the peer may send to this instance (default: everything; slipstream.* commands need allow_commands)"`
 }
 
 // Validate implements pipeline.Validator; field names are relative to the

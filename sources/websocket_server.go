@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"time"
 
 	"github.com/gorilla/websocket"
 
@@ -39,6 +38,13 @@ type ServerConfig struct {
 	Acks          bool            `hcl:"acks,optional" doc:"clients are expected to ACK deliveries unless they opt out (HELLO acks=false or ?acks=false)"`
 	MaxFrame      int             `hcl:"max_frame,optional" doc:"largest text frame accepted, in bytes; larger ones are answered with ERR too_large"`
 	Heartbeat     HeartbeatConfig `hcl:"heartbeat,block" doc:"ping interval and silence timeout"`
+
+	Tokens         []string             `hcl:"tokens,optional" doc:"bearer tokens accepted (Authorization: Bearer <token>, or ?token= for browsers); when set (or token_file), connections without an accepted token are refused with HTTP 401. Never logged"`
+	TokenFile      string               `hcl:"token_file,optional" doc:"file of accepted bearer tokens, one per line (# comments); re-read when it changes, so tokens rotate without a restart"`
+	AllowedOrigins []string             `hcl:"allowed_origins,optional" doc:"Origin header values accepted from browsers (\"*\": any); empty: a browser's Origin must match the Host it connects to. Requests without Origin (not browsers) always pass"`
+	Limits         LimitsConfig         `hcl:"limits,block" doc:"connection counts, per-connection rates, handshake and idle timeouts"`
+	Permissions    PermissionsConfig    `hcl:"permissions,block" doc:"what the links of this listener may send (default: everything; slipstream.* commands need allow_commands)"`
+	Permission     []PermissionOverride `hcl:"permission,block" doc:"the whole set of permissions of one link, by its id (replaces permissions and allow_commands for it)"`
 }
 
 // Validate implements pipeline.Validator (the heartbeat block validates
@@ -56,7 +62,26 @@ func (c *ServerConfig) Validate() error {
 	if c.MaxFrame <= 0 {
 		return &pipeline.FieldError{Field: "max_frame", Err: errors.New("must be greater than 0")}
 	}
+	seen := map[string]bool{}
+	for _, o := range c.Permission {
+		if seen[o.ID] {
+			return &pipeline.FieldError{Field: "permission", Err: fmt.Errorf("link %q has two permission blocks", o.ID)}
+		}
+		seen[o.ID] = true
+	}
 	return nil
+}
+
+// spec returns the access part of the spec of link id: its permissions and
+// whether it may issue commands (a permission block for id, else the
+// listener's permissions and allow_commands).
+func (c *ServerConfig) access(id string) (perms *link.Permissions, commands bool) {
+	for i := range c.Permission {
+		if o := &c.Permission[i]; o.ID == id {
+			return o.block().perms(), o.Commands
+		}
+	}
+	return c.Permissions.perms(), c.AllowCommands
 }
 
 func init() {
@@ -78,7 +103,7 @@ func init() {
 `,
 		NewConfig: func() any {
 			return &ServerConfig{Listen: DefaultListen, Path: DefaultPath, Acks: true,
-				MaxFrame: DefaultMaxFrame, Heartbeat: DefaultHeartbeat()}
+				MaxFrame: DefaultMaxFrame, Heartbeat: DefaultHeartbeat(), Limits: DefaultLimits()}
 		},
 		Build: func(cfg any, bc *pipeline.BuildContext) (any, error) {
 			return NewServer(*cfg.(*ServerConfig), bc)
@@ -94,6 +119,8 @@ type Server struct {
 	links    *link.Registry
 	log      *slog.Logger
 	upgrader websocket.Upgrader
+	acc      *access
+	m        *serverMetrics
 
 	listenMu sync.Mutex
 	ln       net.Listener
@@ -125,6 +152,25 @@ func NewServer(cfg ServerConfig, bc *pipeline.BuildContext) (*Server, error) {
 	if err := cfg.Heartbeat.Validate(); err != nil {
 		return nil, fmt.Errorf("heartbeat.%w", err)
 	}
+	if err := cfg.Limits.Validate(); err != nil {
+		return nil, fmt.Errorf("limits.%w", err)
+	}
+	if err := cfg.Permissions.Validate(); err != nil {
+		return nil, fmt.Errorf("permissions.%w", err)
+	}
+	for i := range cfg.Permission {
+		if err := cfg.Permission[i].Validate(); err != nil {
+			return nil, fmt.Errorf("permission %q: %w", cfg.Permission[i].ID, err)
+		}
+	}
+	acc, err := newAccess(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newServerMetrics(bc.Metrics)
+	if err != nil {
+		return nil, err
+	}
 	if bc.Links == nil {
 		return nil, errors.New("websocket_server needs the link registry")
 	}
@@ -132,15 +178,21 @@ func NewServer(cfg ServerConfig, bc *pipeline.BuildContext) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if acc.requiresToken() && len(cfg.Tokens) == 0 {
+		log.Info("bearer tokens required", "token_file", cfg.TokenFile)
+	}
 	return &Server{
 		cfg:   cfg,
 		self:  bc.Instance,
 		links: bc.Links,
 		log:   log,
+		acc:   acc,
+		m:     m,
 		upgrader: websocket.Upgrader{
-			HandshakeTimeout: 10 * time.Second,
+			HandshakeTimeout: cfg.Limits.HandshakeTimeout,
 			ReadBufferSize:   4096,
 			WriteBufferSize:  4096,
+			CheckOrigin:      acc.checkOrigin,
 		},
 		conns:  map[*Conn]*link.Link{},
 		closed: make(chan struct{}),
@@ -220,7 +272,7 @@ func (s *Server) Run(ctx context.Context, emit func(*pipeline.Envelope) bool) er
 	s.mu.Unlock()
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(s.serveHTTP),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: s.cfg.Limits.HandshakeTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	served := make(chan error, 1)

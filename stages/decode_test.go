@@ -405,7 +405,7 @@ func TestDecodeEnforcesPermissions(t *testing.T) {
 	writer := client("pos-1")
 	writer.perms = &link.Permissions{Publish: []slipstream.Type{slipstream.TypeSK}, Targets: []string{"payments", "eu"}}
 	reader := client("dash-1")
-	reader.perms = &link.Permissions{Publish: []slipstream.Type{slipstream.TypeGK}, ReadState: true}
+	reader.perms = &link.Permissions{Publish: []slipstream.Type{slipstream.TypeGK}}
 	open := client("app-1") // nil permissions: everything but slipstream.* commands
 	cases := []struct {
 		from    *fakeOrigin

@@ -14,20 +14,14 @@ import (
 // attach.
 type Permissions struct {
 	// Publish lists the message types the link may send: data types (SK,
-	// SA, SW, CMD) and gets (GK, GA, GW). Nil: all of them. ACK, ERR,
-	// HELLO and replies are always allowed.
+	// SA, SW, CMD) and gets (GK, GA, GW: reading state). Nil: all of them.
+	// ACK, ERR, HELLO and replies are always allowed.
 	Publish []slipstream.Type
 	// Targets lists the tags the link may name in targetedTags. Nil: any
 	// tag, and untargeted messages (which go everywhere). Non-nil: every
 	// message must carry targetedTags, each of them in the list.
 	Targets []string
-	// ReadState allows gets (GK, GA, GW) when Publish allows their type.
-	ReadState bool
 }
-
-// AllowAll is the permission set of links whose configuration restricts
-// nothing.
-var AllowAll *Permissions
 
 // Check reports why m may not be sent by a link with permissions p, or nil.
 // Replies and control frames are always allowed.
@@ -41,9 +35,6 @@ func (p *Permissions) Check(m *slipstream.Message) error {
 	}
 	if p.Publish != nil && !slices.Contains(p.Publish, m.Type) {
 		return fmt.Errorf("may not publish %s messages", m.Type)
-	}
-	if m.Type.IsRequest() && !p.ReadState {
-		return fmt.Errorf("may not read state (%s)", m.Type)
 	}
 	if p.Targets != nil {
 		if len(m.TargetedTags) == 0 {
