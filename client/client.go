@@ -58,6 +58,11 @@ type Options struct {
 	// Buffer is how many deliveries wait in Deliveries before the client
 	// stops reading the connection (back-pressure). Default 1024.
 	Buffer int
+	// Observe, when set, is called from the reader goroutine with every
+	// frame the instance sends (decoded, and as received), before the
+	// client handles it: for tools that show the conversation (slipstream
+	// pub -raw). It must not block and must not keep m or raw for writing.
+	Observe func(m *slipstream.Message, raw []byte)
 }
 
 const (
@@ -88,9 +93,12 @@ type Client struct {
 	handshake  chan *slipstream.Message // the answer to our HELLO (HELLO or ERR)
 	awaiting   atomic.Bool              // our HELLO is unanswered
 
-	mu      sync.Mutex
-	pending map[string]func(*slipstream.Message, error) // by messageId
-	err     error                                       // why the connection ended; set once
+	mu         sync.Mutex
+	pending    map[string]func(*slipstream.Message, error) // by messageId
+	requests   map[string]*Replies                         // open requests, by messageId
+	ended      map[string]struct{}                         // recently ended requests
+	endedOrder []string                                    // ended, oldest first
+	err        error                                       // why the connection ended; set once
 
 	closing    chan struct{} // closed when the connection ends or Close begins
 	closeOnce  sync.Once
@@ -155,6 +163,8 @@ func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 		errs:       make(chan *slipstream.Message, errorsBuffer),
 		handshake:  make(chan *slipstream.Message, 1),
 		pending:    map[string]func(*slipstream.Message, error){},
+		requests:   map[string]*Replies{},
+		ended:      map[string]struct{}{},
 		closing:    make(chan struct{}),
 		readerDone: make(chan struct{}),
 		writerDone: make(chan struct{}),
@@ -219,7 +229,8 @@ func (c *Client) sayHello(ctx context.Context) error {
 func (c *Client) Hello() *slipstream.Message { return c.hello }
 
 // Deliveries returns the messages routed to this client (SK SA SW CMD, and
-// replies), in the order they arrived. It is closed when the connection ends.
+// requests and replies it did not send with Request), in the order they
+// arrived. It is closed when the connection ends.
 func (c *Client) Deliveries() <-chan *Delivery { return c.deliveries }
 
 // Errors returns the ERR frames that answer no pending publish. It is

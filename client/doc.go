@@ -32,6 +32,23 @@
 //		}
 //	}
 //
+// Reading state and running commands are requests: every instance (or, for
+// an application command, every client) that a request reaches may answer it
+// with a reply carrying inReplyTo.
+//
+//	v, found, err := c.Get(ctx, "order:123")                     // GK: the first reply
+//	w, found, err := c.GetWeighted(ctx, "split", client.Targeting("azure"))
+//	res, err := c.Command(ctx, "slipstream.set_log_level", map[string]string{"level": "debug"})
+//
+//	r, err := c.Request(ctx, &slipstream.Message{Type: slipstream.TypeGK, Key: "order:123"})
+//	for {
+//		reply, err := r.Next() // every reply, until ctx is done
+//		if err != nil {
+//			break // context.DeadlineExceeded: the normal end
+//		}
+//		fmt.Println(reply.OriginInstanceID, string(reply.Value))
+//	}
+//
 // # Contract
 //
 //   - Publish assigns a messageId when the message has none (it sets
@@ -50,11 +67,28 @@
 //   - ERR frames that answer no pending publish (bad frames sent with
 //     SendRaw, refusals without a messageId) go to Errors, which is buffered
 //     and drops what nobody reads.
-//   - Close is idempotent, fails every pending publish with ErrClosed, and
-//     returns once the client's goroutines have ended.
+//   - Request sends a get (GK GA GW) or a command (CMD), assigning a
+//     messageId when it has none, and queues every reply whose inReplyTo
+//     matches until the ctx given to it is done: the instance never says
+//     that nobody answered, so give ctx a deadline. A CMD is data: Request
+//     waits for its ACK (Replies.Ack) and returns an ERR as a
+//     *slipstream.Error; a get is not acknowledged, and its ERR ends the
+//     replies (Replies.Next returns it). Replies never appear on
+//     Deliveries, also when they come after the request ended (the last
+//     1024 request ids are remembered); replies to requests sent otherwise
+//     (Send) are deliveries.
+//   - Get, GetArray, GetWeighted and Command return the first reply (First);
+//     a reply with an error (a failed command, a GA on a key set by SK) is a
+//     *ReplyError; no reply before ctx's deadline is an error that
+//     errors.Is context.DeadlineExceeded. Targeting chooses who is asked.
+//   - A client that receives a get or an application command answers it with
+//     Reply (replies are not stored and not acknowledged).
+//   - Close is idempotent, fails every pending publish with ErrClosed (and
+//     ends every open request with it), and returns once the client's
+//     goroutines have ended.
 //
 // A Client is safe for concurrent use. It speaks one connection: when it
-// breaks, pending publishes fail with the connection's error and Done is
-// closed; reconnection, receiver-side dedup stores and Get/Command requests
+// breaks, pending publishes and open requests fail with the connection's
+// error and Done is closed; reconnection and receiver-side dedup stores
 // build on this type.
 package client

@@ -66,6 +66,14 @@ sink "websocket" "links" {
 // logs are printed when the test fails.
 func startInstance(t *testing.T, hcl string) (url string, stop func()) {
 	t.Helper()
+	urls, stop := startInstanceSources(t, hcl, "websocket_server.ingress")
+	return urls[0], stop
+}
+
+// startInstanceSources is startInstance for an instance with several
+// listeners: it returns the WebSocket URL of each source named.
+func startInstanceSources(t *testing.T, hcl string, sources ...string) (urls []string, stop func()) {
+	t.Helper()
 	cfg, diags := pipeline.Load("test.hcl", []byte(hcl))
 	if diags.HasErrors() {
 		t.Fatalf("config:\n%s", pipeline.FormatDiagnostics(diags))
@@ -102,24 +110,27 @@ func startInstance(t *testing.T, hcl string) (url string, stop func()) {
 		}
 	})
 
-	src, ok := in.Source("websocket_server.ingress").(interface{ Addr() net.Addr })
-	if !ok {
-		t.Fatalf("source websocket_server.ingress has no Addr method")
+	for _, name := range sources {
+		src, ok := in.Source(name).(interface{ Addr() net.Addr })
+		if !ok {
+			t.Fatalf("source %s has no Addr method", name)
+		}
+		var addr net.Addr
+		checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+			select {
+			case err := <-ran:
+				ran <- err
+				return fmt.Errorf("instance stopped: %v", err)
+			default:
+			}
+			if addr = src.Addr(); addr == nil {
+				return fmt.Errorf("%s is not listening yet", name)
+			}
+			return nil
+		})
+		urls = append(urls, "ws://"+addr.String()+"/ws")
 	}
-	var addr net.Addr
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
-		select {
-		case err := <-ran:
-			ran <- err
-			return fmt.Errorf("instance stopped: %v", err)
-		default:
-		}
-		if addr = src.Addr(); addr == nil {
-			return errors.New("websocket_server is not listening yet")
-		}
-		return nil
-	})
-	return "ws://" + addr.String() + "/ws", stop
+	return urls, stop
 }
 
 // checkFor calls fn every interval until it returns nil, failing the test

@@ -61,12 +61,13 @@ func (c *Client) write(f outFrame) error {
 }
 
 // readLoop is the only reader. It completes publishes, answers the
-// handshake, and hands out deliveries; when the connection ends it fails
+// handshake, hands replies to their requests and hands out deliveries; when the connection ends it fails
 // what is pending and closes Deliveries and Errors.
 func (c *Client) readLoop() {
 	defer close(c.readerDone)
 	defer func() {
 		c.failPending()
+		c.failRequests()
 		close(c.deliveries)
 		close(c.errs)
 	}()
@@ -85,6 +86,9 @@ func (c *Client) readLoop() {
 			c.reportLocal("", "the instance sent a frame that does not decode: "+err.Error())
 			continue
 		}
+		if c.opts.Observe != nil {
+			c.opts.Observe(m, data)
+		}
 		if !c.dispatch(m, data) {
 			return
 		}
@@ -98,7 +102,7 @@ func (c *Client) dispatch(m *slipstream.Message, raw []byte) bool {
 	case slipstream.TypeACK:
 		c.complete(m.MessageID, m, nil)
 	case slipstream.TypeERR:
-		if c.complete(m.MessageID, nil, errorOf(m)) {
+		if c.complete(m.MessageID, nil, errorOf(m)) || c.refuseRequest(m.MessageID, errorOf(m)) {
 			return true
 		}
 		if c.awaiting.CompareAndSwap(true, false) {
@@ -111,6 +115,9 @@ func (c *Client) dispatch(m *slipstream.Message, raw []byte) bool {
 			c.handshake <- m
 		}
 	default:
+		if m.IsReply() && c.reply(m) {
+			return true
+		}
 		d := &Delivery{Msg: m, Raw: raw, c: c}
 		if c.opts.AutoAck {
 			if err := d.Ack(); err != nil {
