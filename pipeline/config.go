@@ -109,15 +109,32 @@ func findRef(cs []*Component, ref string) *Component {
 // /readyz and /v1/...
 type AdminConfig struct {
 	Listen string `hcl:"listen,optional" doc:"host:port of the admin HTTP listener (/metrics, /healthz, /readyz, /v1/...)"`
-	Token  string `hcl:"token,optional" doc:"bearer token required by /v1/... when set"`
+	Token  string `hcl:"token,optional" doc:"bearer token required by /v1/... when set; required when listen is not a loopback address"`
 }
 
-// Validate checks that listen is a host:port.
+// Validate checks that listen is a host:port, and that a listener reachable
+// from other machines has a token.
 func (a *AdminConfig) Validate() error {
-	if _, _, err := net.SplitHostPort(a.Listen); err != nil {
+	host, _, err := net.SplitHostPort(a.Listen)
+	if err != nil {
 		return &FieldError{Field: "listen", Err: fmt.Errorf("must be host:port, got %q", a.Listen)}
 	}
+	if a.Token == "" && !IsLoopback(host) {
+		return &FieldError{Field: "listen", Err: fmt.Errorf("%q is reachable from other machines, so the admin API needs a token: "+
+			"set token (for example token = env(\"SLIPSTREAM_ADMIN_TOKEN\")), or listen on 127.0.0.1", a.Listen)}
+	}
 	return nil
+}
+
+// IsLoopback reports whether host (of a listen address) is a loopback
+// address or "localhost"; "" and unspecified addresses (0.0.0.0, ::) are
+// not: they listen on every interface.
+func IsLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // LogConfig is the log block.

@@ -728,6 +728,12 @@ var brokenCases = []brokenCase{
 		line:    2, col: 12,
 	},
 	{
+		name:    "admin on every interface without a token",
+		hcl:     "admin {\n  listen = \"0.0.0.0:9090\"\n}\n" + minimal,
+		wantErr: `Invalid value for "listen"; "0.0.0.0:9090" is reachable from other machines, so the admin API needs a token`,
+		line:    2, col: 12,
+	},
+	{
 		name:    "validate error on an attribute not written points at the block",
 		hcl:     strings.Replace(minimal, `stage "persist" {}`, "stage \"dedup\" {\n    store = \"redis\"\n  }\n  stage \"persist\" {}", 1),
 		wantErr: `Invalid value for "redis_url"; required when store = "redis"`,

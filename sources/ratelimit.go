@@ -8,7 +8,8 @@ import "time"
 //
 // A frame over the rate waits for the buckets up to maxWait (the sender is
 // slowed down by TCP back-pressure while the loop sleeps); beyond that it is
-// refused. A connection refused in every second for closeAfter is cut off.
+// refused. A connection held back (slowed or refused) in every second for
+// closeAfter is cut off: it is not bursting, it is flooding.
 type rateLimit struct {
 	msgRate, byteRate   float64 // per second; 0: no limit
 	msgBurst, byteBurst float64
@@ -16,11 +17,14 @@ type rateLimit struct {
 	last                time.Time
 	maxWait, closeAfter time.Duration
 
-	streakStart, lastRefusal time.Time
+	streakStart, lastHeld time.Time
 
 	now   func() time.Time
 	sleep func(time.Duration)
 }
+
+// refusalPause bounds how long the read loop pauses after a refusal.
+const refusalPause = 250 * time.Millisecond
 
 // newRateLimit returns nil when l sets no rate.
 func newRateLimit(l LimitsConfig) *rateLimit {
@@ -63,23 +67,33 @@ func (r *rateLimit) wait() time.Duration {
 // long that it must be closed.
 func (r *rateLimit) take(n int) (refused, cutOff bool) {
 	r.refill(r.now())
+	held := false
 	if w := r.wait(); w > 0 && w <= r.maxWait {
+		held = true
 		r.sleep(w)
 		r.refill(r.now())
 	}
-	if r.wait() <= 0 {
+	w := r.wait()
+	refused = w > 0
+	if refused {
+		// Stop reading until the bucket refills (at most refusalPause): a
+		// flooder is held back by TCP instead of costing a refusal per frame.
+		r.sleep(min(w, refusalPause))
+	} else {
 		if r.msgRate > 0 {
 			r.msgs--
 		}
 		if r.byteRate > 0 {
 			r.bytes -= float64(n)
 		}
+	}
+	if !held && !refused {
 		return false, false
 	}
 	now := r.now()
-	if now.Sub(r.lastRefusal) > time.Second {
-		r.streakStart = now // a new streak of refusals
+	if now.Sub(r.lastHeld) > time.Second {
+		r.streakStart = now // a new streak of being held back
 	}
-	r.lastRefusal = now
-	return true, now.Sub(r.streakStart) >= r.closeAfter
+	r.lastHeld = now
+	return refused, now.Sub(r.streakStart) >= r.closeAfter
 }

@@ -297,6 +297,7 @@ func remoteIP(addr string) string {
 type serverMetrics struct {
 	refused     *prometheus.CounterVec // reason
 	rateLimited prometheus.Counter
+	rateClosed  prometheus.Counter
 }
 
 func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
@@ -317,5 +318,12 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &serverMetrics{refused: refused, rateLimited: limited}, nil
+	closed, err := telemetry.RegisterShared(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "slipstream_rate_limit_closes_total",
+		Help: "Connections closed (1008) because they were held back by the rate limits in every second for close_after.",
+	}))
+	if err != nil {
+		return nil, err
+	}
+	return &serverMetrics{refused: refused, rateLimited: limited, rateClosed: closed}, nil
 }

@@ -115,6 +115,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err == nil, errors.Is(err, link.ErrDuplicate):
 	case errors.Is(err, errRateAbuse):
+		s.m.rateClosed.Inc()
 		s.log.Warn("closed a link that exceeded its rate limit for too long", "link", l.ID(), "remote", c.RemoteAddr())
 	case errors.Is(err, errTooManyBadFrames):
 		s.log.Warn("closed a link that sent too many bad frames", "link", l.ID(), "remote", c.RemoteAddr())
