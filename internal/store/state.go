@@ -16,7 +16,6 @@ import (
 // tombstone record so that an older write arriving later cannot bring the key
 // back; tombstones expire after the state stage's tombstone_ttl.
 
-
 // StateRecord is the stored value of one key.
 type StateRecord struct {
 	// Type is the message type that set the key: "SK", "SA" or "SW".

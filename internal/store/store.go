@@ -64,11 +64,11 @@ import (
 
 // Key families.
 const (
-	famDedup   = 'x'
-	famOutbox  = 'o'
-	famDLQ     = 'q'
-	famLink    = 'l'
-	famState   = 's'
+	famDedup  = 'x'
+	famOutbox = 'o'
+	famDLQ    = 'q'
+	famLink   = 'l'
+	famState  = 's'
 )
 
 // ErrClosed is returned by operations on a closed store.
