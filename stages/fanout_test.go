@@ -169,18 +169,36 @@ func TestRequestsAndRepliesTravelHopByHop(t *testing.T) {
 	}
 }
 
-// With the table full, a new request is refused with ERR overloaded.
-func TestRequestTableFull(t *testing.T) {
+// One link may have max_requests_per_link requests awaiting replies (ERR
+// rate_limited beyond); with the whole table full, a new request is refused
+// with ERR overloaded.
+func TestRequestTableLimits(t *testing.T) {
 	h := newHarness(t)
 	filter := h.stage(`stage "tag_filter" {
-  max_requests = 2
+  max_requests          = 3
+  max_requests_per_link = 2
 }`)
-	var last *pipeline.Envelope
-	for _, id := range []string{"q1", "q2", "q3"} {
-		last = decoded(t, client("pi-1"), `{"type":"GK","messageId":"`+id+`","key":"k"}`)
-		process(t, filter, last)
+	ask := func(from, id string) (pipeline.Status, []*slipstream.Message) {
+		o := client(from)
+		e := decoded(t, o, `{"type":"GK","messageId":"`+id+`","key":"k"}`)
+		process(t, filter, e)
+		return e.Status, o.Replies()
 	}
-	if rs := last.From.(*fakeOrigin).Replies(); last.Status != pipeline.Rejected || len(rs) != 1 || rs[0].Code != slipstream.CodeOverloaded {
-		t.Fatalf("third request: status %v replies %+v, want ERR overloaded", last.Status, rs)
+	for _, c := range []struct {
+		from, id string
+		code     string
+	}{
+		{"pi-1", "q1", ""}, {"pi-1", "q2", ""},
+		{"pi-1", "q3", slipstream.CodeRateLimited}, // pi-1 has 2 awaiting
+		{"pi-2", "q4", ""},
+		{"pi-3", "q5", slipstream.CodeOverloaded}, // the table holds 3
+	} {
+		st, rs := ask(c.from, c.id)
+		switch {
+		case c.code == "" && (st != pipeline.Accepted || len(rs) != 0):
+			t.Errorf("%s from %s: status %v replies %+v, want accepted", c.id, c.from, st, rs)
+		case c.code != "" && (st != pipeline.Rejected || len(rs) != 1 || rs[0].Code != c.code):
+			t.Errorf("%s from %s: status %v replies %+v, want ERR %s", c.id, c.from, st, rs, c.code)
+		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 type TagFilterConfig struct {
 	RequestTimeout time.Duration `hcl:"request_timeout,optional" doc:"how long the link a request (GK/GA/GW) or command came in on is remembered, so that replies travel back over it; later replies are dropped"`
 	MaxRequests    int           `hcl:"max_requests,optional" doc:"most requests remembered at once; a request beyond it is refused with ERR overloaded"`
+	MaxPerLink     int           `hcl:"max_requests_per_link,optional" doc:"most requests one link may have awaiting replies; a request beyond it is refused with ERR rate_limited"`
 }
 
 // Validate implements pipeline.Validator.
@@ -26,6 +27,8 @@ func (c *TagFilterConfig) Validate() error {
 		return &pipeline.FieldError{Field: "request_timeout", Err: errors.New("must be at least 100ms")}
 	case c.MaxRequests <= 0:
 		return &pipeline.FieldError{Field: "max_requests", Err: errors.New("must be greater than 0")}
+	case c.MaxPerLink <= 0:
+		return &pipeline.FieldError{Field: "max_requests_per_link", Err: errors.New("must be greater than 0")}
 	}
 	return nil
 }
@@ -42,12 +45,13 @@ func init() {
 			"arrives again by another path is dropped.",
 		Example: "stage \"tag_filter\" {\n  request_timeout = \"30s\"\n}\n",
 		NewConfig: func() any {
-			return &TagFilterConfig{RequestTimeout: link.DefaultRequestTTL, MaxRequests: link.DefaultMaxRequests}
+			return &TagFilterConfig{RequestTimeout: link.DefaultRequestTTL, MaxRequests: link.DefaultMaxRequests,
+				MaxPerLink: link.DefaultMaxRequestsPerLink}
 		},
 		Build: func(cfg any, bc *pipeline.BuildContext) (any, error) {
 			c := cfg.(*TagFilterConfig)
 			reqs := bc.Links.Requests()
-			reqs.Configure(c.RequestTimeout, c.MaxRequests)
+			reqs.Configure(c.RequestTimeout, c.MaxRequests, c.MaxPerLink)
 			t := &TagFilter{links: bc.Links, reqs: reqs}
 			var err error
 			t.replies, err = telemetry.RegisterShared(bc.Metrics, prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -139,6 +143,10 @@ func (t *TagFilter) request(e *pipeline.Envelope, from string) bool {
 		t.requests.WithLabelValues(string(m.Type), "refused").Inc()
 		reject(e, &slipstream.Error{Code: slipstream.CodeInvalid, MessageID: m.MessageID,
 			Text: "messageId " + quote(m.MessageID) + " is already used by a request awaiting replies; use a new id per request"})
+	case errors.Is(err, link.ErrTooManyLinkRequests):
+		t.requests.WithLabelValues(string(m.Type), "refused").Inc()
+		reject(e, &slipstream.Error{Code: slipstream.CodeRateLimited, MessageID: m.MessageID,
+			Text: err.Error() + "; wait for replies (or their timeout) before asking more"})
 	default:
 		t.requests.WithLabelValues(string(m.Type), "refused").Inc()
 		reject(e, &slipstream.Error{Code: slipstream.CodeOverloaded, MessageID: m.MessageID, Text: err.Error() + "; retry later"})

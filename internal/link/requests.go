@@ -18,8 +18,10 @@ type Requests struct {
 	mu      sync.Mutex
 	ttl     time.Duration
 	max     int
+	maxLink int // per link that sent them; 0: no limit
 	now     func() time.Time
 	entries map[string]requestEntry
+	perLink map[string]int
 	order   []requestRef // FIFO of (id, expiry), possibly holding stale refs
 	head    int
 }
@@ -37,8 +39,9 @@ type requestRef struct {
 // Request table defaults (the tag_filter stage's request_timeout and
 // max_requests).
 const (
-	DefaultRequestTTL  = 30 * time.Second
-	DefaultMaxRequests = 100_000
+	DefaultRequestTTL         = 30 * time.Second
+	DefaultMaxRequests        = 100_000
+	DefaultMaxRequestsPerLink = 1000
 )
 
 // ErrKnownRequest is returned by Remember for an id already remembered.
@@ -47,13 +50,18 @@ var ErrKnownRequest = errors.New("request id already in use")
 // ErrTooManyRequests is returned by Remember when the table is full.
 var ErrTooManyRequests = errors.New("too many requests awaiting replies")
 
+// ErrTooManyLinkRequests is returned by Remember when the link that sent
+// the request has its maximum of requests awaiting replies.
+var ErrTooManyLinkRequests = errors.New("this link has too many requests awaiting replies")
+
 func newRequests() *Requests {
-	return &Requests{ttl: DefaultRequestTTL, max: DefaultMaxRequests, now: time.Now, entries: map[string]requestEntry{}}
+	return &Requests{ttl: DefaultRequestTTL, max: DefaultMaxRequests, maxLink: DefaultMaxRequestsPerLink, now: time.Now,
+		entries: map[string]requestEntry{}, perLink: map[string]int{}}
 }
 
-// Configure sets how long ids are remembered and how many at most; values
-// <= 0 keep the current setting.
-func (q *Requests) Configure(ttl time.Duration, max int) {
+// Configure sets how long ids are remembered, how many at most, and how
+// many per link that sent them; values <= 0 keep the current setting.
+func (q *Requests) Configure(ttl time.Duration, max, perLink int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if ttl > 0 {
@@ -61,6 +69,9 @@ func (q *Requests) Configure(ttl time.Duration, max int) {
 	}
 	if max > 0 {
 		q.max = max
+	}
+	if perLink > 0 {
+		q.maxLink = perLink
 	}
 }
 
@@ -85,8 +96,12 @@ func (q *Requests) Remember(id, from string) error {
 	if len(q.entries) >= q.max {
 		return ErrTooManyRequests
 	}
+	if q.maxLink > 0 && q.perLink[from] >= q.maxLink {
+		return ErrTooManyLinkRequests
+	}
 	exp := now.Add(q.ttl)
 	q.entries[id] = requestEntry{from: from, expires: exp}
+	q.perLink[from]++
 	q.order = append(q.order, requestRef{id: id, expires: exp})
 	return nil
 }
@@ -116,6 +131,9 @@ func (q *Requests) expire(now time.Time) {
 		r := q.order[q.head]
 		if e, ok := q.entries[r.id]; ok && e.expires.Equal(r.expires) {
 			delete(q.entries, r.id)
+			if q.perLink[e.from]--; q.perLink[e.from] <= 0 {
+				delete(q.perLink, e.from)
+			}
 		}
 		q.order[q.head] = requestRef{}
 		q.head++
