@@ -33,6 +33,25 @@ type ConnError struct{ Err error }
 func (e *ConnError) Error() string { return "slipstream client: connection lost: " + e.Err.Error() }
 func (e *ConnError) Unwrap() error { return e.Err }
 
+// DialError reports that the WebSocket connection could not be opened: the
+// network failed, or the instance answered the handshake with an HTTP
+// status (401: a token is needed or was refused; 404: wrong path).
+type DialError struct {
+	URL        string
+	StatusCode int    // 0 when no HTTP answer came
+	Status     string // e.g. "401 Unauthorized"
+	Err        error
+}
+
+func (e *DialError) Error() string {
+	if e.StatusCode != 0 {
+		return fmt.Sprintf("slipstream client: dial %s: %v (HTTP %s)", e.URL, e.Err, e.Status)
+	}
+	return fmt.Sprintf("slipstream client: dial %s: %v", e.URL, e.Err)
+}
+
+func (e *DialError) Unwrap() error { return e.Err }
+
 // Options configure a Client. The zero value is an anonymous client that
 // acknowledges what it receives.
 type Options struct {
@@ -147,10 +166,11 @@ func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 	}
 	ws, resp, err := d.DialContext(ctx, url, o.Header)
 	if err != nil {
+		de := &DialError{URL: url, Err: err}
 		if resp != nil {
-			return nil, fmt.Errorf("slipstream client: dial %s: %w (HTTP %s)", url, err, resp.Status)
+			de.StatusCode, de.Status = resp.StatusCode, resp.Status
 		}
-		return nil, fmt.Errorf("slipstream client: dial %s: %w", url, err)
+		return nil, de
 	}
 	ws.SetReadLimit(maxIncomingFrame)
 	c := &Client{

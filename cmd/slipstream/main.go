@@ -4,6 +4,10 @@
 //	slipstream validate [-c file]         check a config; exit 1 with every diagnostic
 //	slipstream bench [flags]              load-test an instance
 //	slipstream dlq ls|replay|purge        list, replay and purge dead letters
+//	slipstream get KEY                    read a key from the instances' state
+//	slipstream pub [flags]                send any message, print the ACK or ERR
+//	slipstream sub [flags]                connect as a client, print what arrives
+//	slipstream cmd NAME                   send a command, print each reply
 //	slipstream docs                       print the configuration reference
 //	slipstream version                    print the version
 package main
@@ -68,6 +72,10 @@ Commands:
   validate  check a config file and print every problem (-c FILE)
   bench     load-test an instance (slipstream bench -h)
   dlq       list, replay and purge dead letters (slipstream dlq -h)
+  get       read a key from the instances' state: slipstream get KEY
+  pub       send any message (or a raw frame), print the ACK or ERR and replies
+  sub       connect as a client, print each message routed to it, ACK it
+  cmd       send a command (slipstream.ping, ...), print each reply
   docs      print the configuration reference (Markdown, from the kind registry)
   version   print the version
 
@@ -88,6 +96,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runBench(ctx, rest, stdout, stderr)
 	case "dlq":
 		return runDLQ(ctx, rest, stdout, stderr)
+	case "get":
+		return runGet(ctx, rest, stdout, stderr)
+	case "pub":
+		return runPub(ctx, rest, stdout, stderr)
+	case "sub":
+		return runSub(ctx, rest, stdout, stderr)
+	case "cmd":
+		return runCmd(ctx, rest, stdout, stderr)
 	case "docs":
 		return runDocs(rest, stdout)
 	case "version", "--version", "-v":
