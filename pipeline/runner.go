@@ -12,6 +12,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/slipstream-sync/slipstream/internal/telemetry"
 )
 
 // Defaults of the runner.
@@ -65,6 +67,8 @@ type Metrics struct {
 	Batches  *prometheus.HistogramVec // pipeline, stage: seconds per batch
 	Errors   *prometheus.CounterVec   // pipeline, stage
 	Queue    *prometheus.GaugeVec     // pipeline, stage: envelopes waiting
+	In       *prometheus.CounterVec   // type, link, outcome: messages as they leave the pipeline
+	Age      *prometheus.HistogramVec // point: end-to-end latency (telemetry.NewMessageAge)
 }
 
 // NewMetrics registers the runner's instruments on reg.
@@ -88,10 +92,41 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Envelopes waiting in front of a stage.",
 		}, []string{"pipeline", "stage"}),
 	}
+	m.In = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "slipstream_messages_in_total",
+		Help: "Messages received from links, by type (invalid: undecodable), link (ephemeral: every unnamed client) and outcome as they left the pipeline: accepted, duplicate, loop, rejected, consumed, dropped, failed.",
+	}, []string{"type", "link", "outcome"})
+	m.Age = telemetry.NewMessageAge()
 	if reg != nil {
-		reg.MustRegister(m.Messages, m.Batches, m.Errors, m.Queue)
+		reg.MustRegister(m.Messages, m.Batches, m.Errors, m.Queue, m.In)
+		var err error
+		if m.Age, err = telemetry.RegisterShared(reg, m.Age); err != nil {
+			panic(err)
+		}
 	}
 	return m
+}
+
+// left counts an envelope leaving the pipeline at stage (last: it passed
+// every stage) in slipstream_messages_in_total and, for an accepted data
+// message, its age in slipstream_message_age_seconds; then logs it.
+func (r *Runner) left(stage string, e *Envelope, last bool) {
+	typ, link, outcome := "invalid", "internal", e.Status.String()
+	if e.Msg != nil && e.Msg.Type.Known() {
+		typ = string(e.Msg.Type)
+	}
+	if e.From != nil {
+		d, ok := e.From.(interface{ Durable() bool })
+		link = telemetry.LinkLabel(e.From.ID(), !ok || d.Durable())
+	}
+	if e.Status == Accepted && !last {
+		outcome = "dropped"
+	}
+	r.Metrics.In.WithLabelValues(typ, link, outcome).Inc()
+	if e.Status == Accepted && last && e.Msg != nil && e.Msg.Type.IsData() && e.Msg.InReplyTo == "" {
+		telemetry.ObserveAge(r.Metrics.Age.WithLabelValues(telemetry.AgeAccepted), e.Msg.Timestamp, time.Now())
+	}
+	r.logMessage(stage, e)
 }
 
 // Run runs the pipeline until ctx is cancelled, then drains: sources stop
@@ -275,7 +310,7 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 		}
 		for _, e := range batch {
 			if e.mark != round {
-				r.logMessage(st.Kind, e)
+				r.left(st.Kind, e, false)
 				e.finish() // dropped by this stage
 			}
 		}
@@ -284,7 +319,7 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 				kept++
 			}
 			if last {
-				r.logMessage(st.Kind, e)
+				r.left(st.Kind, e, true)
 				e.finish()
 				continue
 			}

@@ -69,10 +69,9 @@ func (o *Outbox) ack(cluster, id string) {
 	if e == nil {
 		return
 	}
-	if e.sent {
-		o.s.m.rtt.Observe(time.Since(e.sentAt).Seconds())
-	}
+	o.delivered(e, time.Now())
 	o.acked.Inc()
+	o.counters(e.typ).acked.Inc()
 	o.remove(e)
 	o.deleted(e)
 }
@@ -125,6 +124,7 @@ func (o *Outbox) deadLetter(e *entry, reason string) {
 		return
 	}
 	o.dead.Inc()
+	o.counters(e.typ).dead.Inc()
 	o.pending.Add(-1)
 	o.log.Warn("delivery dead-lettered", "messageId", e.id, "seq", e.seq, "reason", reason)
 }

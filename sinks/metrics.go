@@ -16,10 +16,12 @@ import (
 // metrics are the sink's instruments, shared by its outboxes (and by every
 // websocket sink registered on one registry).
 type metrics struct {
-	deliveries *prometheus.CounterVec // kind (peer|client), outcome
-	evictions  *prometheus.CounterVec // link, limit (max_pending|max_age)
-	rtt        prometheus.Histogram
-	outboxes   *outboxGauges // slipstream_outbox_depth, slipstream_outbox_oldest_seconds
+	deliveries *prometheus.CounterVec   // kind (peer|client), outcome
+	evictions  *prometheus.CounterVec   // link, limit (max_pending|max_age)
+	out        *prometheus.CounterVec   // type, link, outcome (sent|redelivered|acked|dead_lettered)
+	rtt        *prometheus.HistogramVec // link
+	age        *prometheus.HistogramVec // point (telemetry.NewMessageAge)
+	outboxes   *outboxGauges            // slipstream_outbox_depth, slipstream_outbox_oldest_seconds
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -32,11 +34,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "slipstream_outbox_limit_evictions_total",
 			Help: "Deliveries moved from a link's outbox to the dead-letter store because the outbox exceeded a limit (max_pending or max_age).",
 		}, []string{"link", "limit"}),
-		rtt: prometheus.NewHistogram(prometheus.HistogramOpts{
+		out: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "slipstream_messages_out_total",
+			Help: "Messages sent to links, by type, link (ephemeral: every unnamed client) and outcome: sent (first send), redelivered, acked, dead_lettered (no ACK after max_attempts, refused, undecodable; outbox-limit evictions are in slipstream_outbox_limit_evictions_total).",
+		}, []string{"type", "link", "outcome"}),
+		rtt: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "slipstream_ack_rtt_seconds",
-			Help:    "Time from the last send of a delivery to its ACK.",
+			Help:    "Time from the last send of a delivery to its ACK, by link (ephemeral: every unnamed client).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}),
+		}, []string{"link"}),
+		age:      telemetry.NewMessageAge(),
 		outboxes: newOutboxGauges(),
 	}
 	if reg == nil {
@@ -49,7 +56,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if m.evictions, err = telemetry.RegisterShared(reg, m.evictions); err != nil {
 		return nil, err
 	}
+	if m.out, err = telemetry.RegisterShared(reg, m.out); err != nil {
+		return nil, err
+	}
 	if m.rtt, err = telemetry.RegisterShared(reg, m.rtt); err != nil {
+		return nil, err
+	}
+	if m.age, err = telemetry.RegisterShared(reg, m.age); err != nil {
 		return nil, err
 	}
 	if m.outboxes, err = telemetry.RegisterShared(reg, m.outboxes); err != nil {

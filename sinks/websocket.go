@@ -8,6 +8,8 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/store"
 	"github.com/slipstream-sync/slipstream/pipeline"
@@ -98,6 +100,8 @@ type WebSocket struct {
 	links *link.Registry
 	log   *slog.Logger
 	m     *metrics
+	// tracer makes one span per send (writer.go); nil: tracing is off.
+	tracer trace.Tracer
 
 	mu       sync.Mutex
 	outboxes map[*Outbox]struct{}
@@ -132,7 +136,7 @@ func NewWebSocket(cfg WebSocketConfig, bc *pipeline.BuildContext) (*WebSocket, e
 	if err != nil {
 		return nil, err
 	}
-	s := &WebSocket{cfg: cfg, store: bc.Store, links: bc.Links, log: log, m: m, outboxes: map[*Outbox]struct{}{}}
+	s := &WebSocket{cfg: cfg, store: bc.Store, links: bc.Links, log: log, m: m, outboxes: map[*Outbox]struct{}{}, tracer: bc.Tracer}
 	m.outboxes.add(s)
 	bc.Links.SetOutboxFactory(s.newOutbox)
 	return s, nil

@@ -5,8 +5,15 @@ import (
 	"math"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/link"
+	"github.com/slipstream-sync/slipstream/internal/telemetry"
 )
 
 // storeRetry is how long the writer waits after a failed store read.
@@ -18,6 +25,10 @@ type entry struct {
 	frame       []byte
 	key         string // clusterGroupId NUL messageId, for ACKs
 	id          string
+	typ         string // message type, for the metrics
+	timestamp   int64  // the message's origin timestamp (ms), for its age
+	traceparent string // the stored trace context: the parent of the send spans
+	tracestate  string
 	spent       int       // ack timeouts elapsed while the link was up
 	level       int       // backoff level: the next wait is ack_timeout << level
 	due         time.Time // in flight: when to act
@@ -50,6 +61,46 @@ type writer struct {
 	limitsAt   time.Time // the next periodic limits pass
 	lastLimits time.Time // the last limits pass
 	recountDue bool      // pending may have drifted (a store write failed)
+
+	out map[string]*outCounters // slipstream_messages_out_total by type, made on first use
+	rtt prometheus.Observer     // slipstream_ack_rtt_seconds of the link
+}
+
+// outCounters are the outcomes of slipstream_messages_out_total for one
+// message type and this link.
+type outCounters struct{ sent, redelivered, acked, dead prometheus.Counter }
+
+// counters returns the link's counters for message type typ.
+func (o *Outbox) counters(typ string) *outCounters {
+	w := &o.w
+	if c := w.out[typ]; c != nil {
+		return c
+	}
+	if w.out == nil {
+		w.out = map[string]*outCounters{}
+	}
+	l, v := telemetry.LinkLabel(o.id, o.durable), o.s.m.out
+	c := &outCounters{
+		sent:        v.WithLabelValues(typ, l, "sent"),
+		redelivered: v.WithLabelValues(typ, l, "redelivered"),
+		acked:       v.WithLabelValues(typ, l, "acked"),
+		dead:        v.WithLabelValues(typ, l, "dead_lettered"),
+	}
+	w.out[typ] = c
+	return c
+}
+
+// delivered observes an ACK (or, for a link that does not acknowledge, the
+// send) of e: its round trip and the message's age.
+func (o *Outbox) delivered(e *entry, now time.Time) {
+	w := &o.w
+	if e.sent && w.acks {
+		if w.rtt == nil {
+			w.rtt = o.s.m.rtt.WithLabelValues(telemetry.LinkLabel(o.id, o.durable))
+		}
+		w.rtt.Observe(now.Sub(e.sentAt).Seconds())
+	}
+	telemetry.ObserveAge(o.s.m.age.WithLabelValues(telemetry.AgeDelivered), e.timestamp, now)
 }
 
 func (w *writer) init() {
@@ -283,10 +334,12 @@ func (o *Outbox) admit(seq uint64, frame []byte) {
 	delete(w.carry, seq)
 	m, err := slipstream.Decode(frame, &slipstream.Limits{MaxFrame: math.MaxInt})
 	if err != nil {
+		e.typ = "invalid"
 		o.deadLetter(e, "undecodable outbox entry: "+err.Error())
 		return
 	}
 	e.id, e.key = m.MessageID, m.ClusterGroupID+"\x00"+m.MessageID
+	e.typ, e.timestamp, e.traceparent, e.tracestate = string(m.Type), m.Timestamp, m.TraceParent, m.TraceState
 	w.ready = append(w.ready, e)
 	w.bySeq[seq] = e
 	if first := w.byKey[e.key]; first != nil {
@@ -329,23 +382,38 @@ func (o *Outbox) send() {
 		}
 		o.remove(e) // fire and forget
 		o.deleted(e)
+		o.delivered(e, time.Now())
 	}
 }
 
 // transmit hands e's frame to the connection; false when the session ended.
+// With tracing on, each send is a span, a child of the trace context stored
+// with the message (this instance's first stage span).
 func (o *Outbox) transmit(e *entry) bool {
 	w := &o.w
+	again := e.sent || e.spent > 0
+	span := o.sendSpan(e, again)
 	if err := w.conn.SendData(w.sess, e.frame); err != nil {
+		if span != nil {
+			span.SetStatus(codes.Error, err.Error())
+			span.End()
+		}
 		if w.sess.Err() == nil { // the connection failed, not the session
 			o.lost()
 		}
 		return false
 	}
+	if span != nil {
+		span.End()
+	}
 	now := time.Now()
-	if e.sent || e.spent > 0 {
+	c := o.counters(e.typ)
+	if again {
 		o.redelivered.Inc()
+		c.redelivered.Inc()
 	} else {
 		o.sent.Inc()
+		c.sent.Inc()
 	}
 	e.sent, e.held, e.sentAt = true, false, now
 	e.due = now.Add(o.backoff(e.level))
@@ -353,4 +421,28 @@ func (o *Outbox) transmit(e *entry) bool {
 		w.nextDue = e.due
 	}
 	return true
+}
+
+// traceContext reads the W3C trace context stored with a message.
+var traceContext = propagation.TraceContext{}
+
+// sendSpan starts the span of one send of e (nil when tracing is off).
+func (o *Outbox) sendSpan(e *entry, again bool) trace.Span {
+	t := o.s.tracer
+	if t == nil {
+		return nil
+	}
+	ctx := context.Background()
+	if e.traceparent != "" {
+		ctx = traceContext.Extract(ctx, propagation.MapCarrier{"traceparent": e.traceparent, "tracestate": e.tracestate})
+	}
+	_, span := t.Start(ctx, "send", trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
+		attribute.String("slipstream.link", o.id),
+		attribute.String("slipstream.message_id", e.id),
+		attribute.String("slipstream.type", e.typ),
+		attribute.Int("slipstream.attempt", e.spent+1),
+		attribute.Bool("slipstream.redelivery", again),
+		attribute.Int64("slipstream.seq", int64(e.seq)),
+	))
+	return span
 }

@@ -116,6 +116,7 @@ func New(cfg *pipeline.Config, o Options) (in *Instance, err error) {
 	if err != nil {
 		return nil, err
 	}
+	in.metrics.MustRegister(newLinkGauges(in.links))
 	in.dlq = admin.NewDLQ(in.store, in.links, in.log.With("part", "dlq"))
 	in.registerCommands(in.dlq)
 	if err := in.build(); err != nil {

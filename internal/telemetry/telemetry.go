@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
@@ -120,4 +121,57 @@ func RegisterShared[C prometheus.Collector](reg prometheus.Registerer, c C) (C, 
 		return c, fmt.Errorf("register metrics: %w", err)
 	}
 	return c, nil
+}
+
+// Metric conventions shared by the parts of an instance. Every metric is
+// named slipstream_*, in base units (seconds, bytes), counters end in
+// _total. Links are labelled by id, which configuration and named clients
+// bound; clients that do not name themselves (ephemeral con-... links) share
+// the one label value EphemeralLink, so short connections never add series.
+// Nothing is labelled by messageId or key.
+
+// EphemeralLink is the link label of every ephemeral (unnamed client) link.
+const EphemeralLink = "ephemeral"
+
+// LinkLabel is the value of a link label for the link id (durable: it has
+// a stable id that outlives its connection).
+func LinkLabel(id string, durable bool) string {
+	if !durable {
+		return EphemeralLink
+	}
+	return id
+}
+
+// Points of slipstream_message_age_seconds.
+const (
+	// AgeAccepted: the message was stored (or, for a duplicate or a loop,
+	// recognised) by this instance.
+	AgeAccepted = "accepted"
+	// AgeDelivered: a recipient link acknowledged (or, for a link that
+	// does not acknowledge, was sent) the message.
+	AgeDelivered = "delivered"
+)
+
+// NewMessageAge returns the end-to-end latency histogram,
+// slipstream_message_age_seconds{point}: the age of a data message, from its
+// origin timestamp, when this instance accepted it and when a recipient
+// acknowledged it. The pipeline runner and the websocket sink register the
+// same definition with RegisterShared. Clocks of other instances count: a
+// negative age (a clock ahead of ours) is observed as 0.
+func NewMessageAge() *prometheus.HistogramVec {
+	return prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "slipstream_message_age_seconds",
+		Help: "End-to-end latency: age of a data message from its origin timestamp, when this instance accepted it (point=accepted) and when a recipient link acknowledged it (point=delivered).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600,
+			6 * 3600, 24 * 3600},
+	}, []string{"point"})
+}
+
+// ObserveAge observes the age of a message with origin timestamp ts (ms
+// since the epoch) at now; a message without timestamp is not observed.
+func ObserveAge(o prometheus.Observer, ts int64, now time.Time) {
+	if ts <= 0 {
+		return
+	}
+	o.Observe(max(now.Sub(time.UnixMilli(ts)).Seconds(), 0))
 }
