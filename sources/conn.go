@@ -202,16 +202,16 @@ func (c *Conn) writeLoop() {
 		}
 		select {
 		case f := <-c.control:
-			c.write(f)
+			c.writeBurst(f)
 			continue
 		default:
 		}
 		select {
 		case <-c.done:
 		case f := <-c.control:
-			c.write(f)
+			c.writeBurst(f)
 		case f := <-c.data:
-			c.write(f)
+			c.writeBurst(f)
 		case <-ping.C:
 			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
 				c.broken(err)
@@ -251,8 +251,46 @@ func (c *Conn) waitRoom() bool {
 	return true
 }
 
-// write writes one text frame; a failure closes the connection.
+// maxBurst is how many queued frames one corked write may merge.
+const maxBurst = 128
+
+// writeBurst writes f and then, while the socket is corked, every frame
+// already waiting (control first), so that they leave in one write(2).
+func (c *Conn) writeBurst(f []byte) {
+	cc := corker(c.ws.UnderlyingConn())
+	if cc == nil {
+		c.write(f)
+		return
+	}
+	cc.cork()
+	c.write(f)
+burst:
+	for n := 1; n < maxBurst; n++ {
+		select {
+		case f = <-c.control:
+		default:
+			select {
+			case f = <-c.data:
+			default:
+				break burst // nothing waiting
+			}
+		}
+		c.write(f)
+	}
+	if err := cc.uncork(); err != nil {
+		c.broken(err)
+	}
+}
+
+// write writes one text frame; a failure closes the connection. Once Close
+// was called it writes nothing (finish flushes what a graceful close keeps),
+// so that it cannot push back the deadline Close set.
 func (c *Conn) write(f []byte) {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
 	_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
 	if err := c.ws.WriteMessage(websocket.TextMessage, f); err != nil {
 		c.broken(err)

@@ -66,6 +66,7 @@ func newPeer(c *Client, pc PeerConfig) (*peer, error) {
 	log := c.log.With("peer", pc.ID)
 	dialer := &websocket.Dialer{
 		Proxy:            http.ProxyFromEnvironment,
+		NetDialContext:   dialCork,
 		HandshakeTimeout: dialTimeout,
 		ReadBufferSize:   4096,
 		WriteBufferSize:  4096,

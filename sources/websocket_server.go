@@ -276,7 +276,7 @@ func (s *Server) Run(ctx context.Context, emit func(*pipeline.Envelope) bool) er
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	go func() { served <- srv.Serve(corkListener{ln}) }()
 
 	var runErr error
 	select {
