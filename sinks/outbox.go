@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/slipstream-sync/slipstream/internal/link"
+	"github.com/slipstream-sync/slipstream/internal/telemetry"
 )
 
 // Sizes of an outbox writer.
@@ -115,8 +116,8 @@ func newOutbox(s *WebSocket, l *link.Link) *Outbox {
 		acked:        d.WithLabelValues(kind, "acked"),
 		redelivered:  d.WithLabelValues(kind, "redelivered"),
 		dead:         d.WithLabelValues(kind, "dead_lettered"),
-		evictedCount: s.m.evictions.WithLabelValues(l.ID(), "max_pending"),
-		evictedAge:   s.m.evictions.WithLabelValues(l.ID(), "max_age"),
+		evictedCount: s.m.evictions.WithLabelValues(telemetry.LinkLabel(l.ID(), l.Durable()), "max_pending"),
+		evictedAge:   s.m.evictions.WithLabelValues(telemetry.LinkLabel(l.ID(), l.Durable()), "max_age"),
 		durable:      l.Durable(),
 		wake:         make(chan struct{}, 1),
 		exited:       make(chan struct{}),
@@ -288,10 +289,5 @@ func (o *Outbox) Close() {
 			<-o.exited
 		}
 		o.s.forget(o)
-		if !o.durable {
-			// An ephemeral link never comes back: drop its series.
-			o.s.m.evictions.DeleteLabelValues(o.id, "max_pending")
-			o.s.m.evictions.DeleteLabelValues(o.id, "max_age")
-		}
 	})
 }
