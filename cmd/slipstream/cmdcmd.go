@@ -38,14 +38,14 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return flagError(err)
 	}
 	if len(pos) != 1 {
-		return &usageError{fmt.Sprintf("cmd needs exactly one command NAME (got %d arguments), e.g. slipstream cmd slipstream.ping", len(pos))}
+		return cf.usage(fmt.Sprintf("cmd needs exactly one command NAME (got %d arguments), e.g. slipstream cmd slipstream.ping", len(pos)))
 	}
-	a, err := parseJSONFlag("args", *argsJSON, `pass an object, e.g. -args '{"level":"debug"}'`)
+	a, err := cf.parseJSONFlag("args", *argsJSON, `pass an object, e.g. -args '{"level":"debug"}'`)
 	if err != nil {
 		return err
 	}
 	if *limit < 0 {
-		return &usageError{"-n must not be negative"}
+		return cf.usage("-n must not be negative")
 	}
 	if err := needTimeout(cf); err != nil {
 		return err

@@ -33,11 +33,11 @@ func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return flagError(err)
 	}
 	if len(pos) != 1 {
-		return &usageError{fmt.Sprintf("get needs exactly one KEY (got %d arguments): slipstream get KEY [flags]", len(pos))}
+		return cf.usage(fmt.Sprintf("get needs exactly one KEY (got %d arguments): slipstream get KEY [flags]", len(pos)))
 	}
 	t := slipstream.Type(strings.ToUpper(*typ))
 	if !t.IsRequest() {
-		return &usageError{fmt.Sprintf("unknown -type %q: want GK (any value), GA (array) or GW (weighted set)", *typ)}
+		return cf.usage(fmt.Sprintf("unknown -type %q: want GK (any value), GA (array) or GW (weighted set)", *typ))
 	}
 	if err := needTimeout(cf); err != nil {
 		return err

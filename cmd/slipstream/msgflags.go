@@ -41,6 +41,8 @@ const connFlagsUsage = `Connection flags (get, pub, sub, cmd):
 
 // connFlags are the connection flags of one command.
 type connFlags struct {
+	name                         string // the command: get, pub, sub, cmd
+	stderr                       io.Writer
 	url, config, token, id, tags string
 	timeout                      time.Duration
 	json                         bool
@@ -52,7 +54,7 @@ func newMsgFlagSet(name, usage string, timeout time.Duration, stderr io.Writer) 
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage+"\n"+connFlagsUsage) }
-	f := &connFlags{}
+	f := &connFlags{name: name, stderr: stderr}
 	fs.StringVar(&f.url, "url", "", "the instance's WebSocket endpoint")
 	fs.StringVar(&f.config, "config", "", "derive -url from this config file")
 	fs.StringVar(&f.config, "c", "", "derive -url from this config file")
@@ -62,6 +64,13 @@ func newMsgFlagSet(name, usage string, timeout time.Duration, stderr io.Writer) 
 	fs.DurationVar(&f.timeout, "timeout", timeout, "how long to wait for answers")
 	fs.BoolVar(&f.json, "json", false, "print frames as JSON lines")
 	return fs, f
+}
+
+// usage reports a mistake on the command line and points at the
+// command's help (exit status 2).
+func (f *connFlags) usage(msg string) error {
+	fmt.Fprintf(f.stderr, "slipstream: %s\nRun 'slipstream %s -h' for its flags.\n", msg, f.name)
+	return &exitCodeError{code: exitUsage}
 }
 
 // splitList reads a comma-separated list, ignoring blanks.
@@ -79,7 +88,7 @@ func splitList(s string) []string {
 func (f *connFlags) endpoint(stderr io.Writer) (string, error) {
 	if f.url != "" {
 		if !strings.HasPrefix(f.url, "ws://") && !strings.HasPrefix(f.url, "wss://") {
-			return "", &usageError{fmt.Sprintf("-url %q must start with ws:// or wss://, e.g. %s", f.url, defaultWSURL)}
+			return "", f.usage(fmt.Sprintf("-url %q must start with ws:// or wss://, e.g. %s", f.url, defaultWSURL))
 		}
 		return f.url, nil
 	}
@@ -125,10 +134,10 @@ func listenURL(listen, path, file string) (string, error) {
 // check validates the flags every command shares.
 func (f *connFlags) check() error {
 	if f.tags != "" && f.id == "" {
-		return &usageError{"-tags needs -id: tags are announced in HELLO with the link id"}
+		return f.usage("-tags needs -id: tags are announced in HELLO with the link id")
 	}
 	if f.timeout < 0 {
-		return &usageError{"-timeout must not be negative"}
+		return f.usage("-timeout must not be negative")
 	}
 	return nil
 }
@@ -192,14 +201,14 @@ func (f *connFlags) withTimeout(ctx context.Context) (context.Context, context.C
 }
 
 // parseJSONFlag checks that a flag's value is JSON.
-func parseJSONFlag(name, v, example string) (json.RawMessage, error) {
+func (f *connFlags) parseJSONFlag(name, v, example string) (json.RawMessage, error) {
 	if v == "" {
 		return nil, nil
 	}
 	if !json.Valid([]byte(v)) {
 		var x any
 		err := json.Unmarshal([]byte(v), &x)
-		return nil, &usageError{fmt.Sprintf("-%s is not JSON (%v): %s", name, err, example)}
+		return nil, f.usage(fmt.Sprintf("-%s is not JSON (%v): %s", name, err, example))
 	}
 	return json.RawMessage(v), nil
 }
@@ -300,9 +309,9 @@ func requestFailed(m *slipstream.Message, timeout time.Duration, err error) erro
 }
 
 // needTimeout refuses -timeout 0 for commands that wait for replies.
-func needTimeout(cf *connFlags) error {
-	if cf.timeout <= 0 {
-		return &usageError{"-timeout must be more than 0: instances never say that nobody answered, so the wait needs an end"}
+func needTimeout(f *connFlags) error {
+	if f.timeout <= 0 {
+		return f.usage("-timeout must be more than 0: instances never say that nobody answered, so the wait needs an end")
 	}
 	return nil
 }

@@ -56,7 +56,7 @@ func runPub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return flagError(err)
 	}
 	if len(pos) > 0 {
-		return &usageError{fmt.Sprintf("pub takes no arguments (got %q): give the message with -type, -key, -value ... or -raw", pos)}
+		return cf.usage(fmt.Sprintf("pub takes no arguments (got %q): give the message with -type, -key, -value ... or -raw", pos))
 	}
 	if err := needTimeout(cf); err != nil {
 		return err
@@ -70,7 +70,7 @@ func runPub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			}
 		})
 		if len(others) > 0 {
-			return &usageError{fmt.Sprintf("-raw sends the frame as it is: drop %s (or drop -raw)", strings.Join(others, " "))}
+			return cf.usage(fmt.Sprintf("-raw sends the frame as it is: drop %s (or drop -raw)", strings.Join(others, " ")))
 		}
 		return pubRaw(ctx, cf, *raw, stdout, stderr)
 	}
@@ -82,16 +82,16 @@ func runPub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	case t == "":
 		t = slipstream.TypeSK
 	case !t.IsData() && !t.IsRequest():
-		return &usageError{fmt.Sprintf("unknown -type %q: want SK, SA, SW, GK, GA, GW or CMD (send other frames with -raw)", *typ)}
+		return cf.usage(fmt.Sprintf("unknown -type %q: want SK, SA, SW, GK, GA, GW or CMD (send other frames with -raw)", *typ))
 	}
 	if (*command != "" || *argsJSON != "") && t != slipstream.TypeCMD {
-		return &usageError{fmt.Sprintf("-command and -args belong to CMD messages, not %s: drop -type", t)}
+		return cf.usage(fmt.Sprintf("-command and -args belong to CMD messages, not %s: drop -type", t))
 	}
 	m := &slipstream.Message{Type: t, Key: *key, Command: *command, MessageID: *msgID, TargetedTags: splitList(*target)}
-	if m.Value, err = parseJSONFlag("value", *value, `quote a string (-value '"paid"'), or give an array, object, number, true, false or null`); err != nil {
+	if m.Value, err = cf.parseJSONFlag("value", *value, `quote a string (-value '"paid"'), or give an array, object, number, true, false or null`); err != nil {
 		return err
 	}
-	if m.Args, err = parseJSONFlag("args", *argsJSON, `pass an object, e.g. -args '{"level":"debug"}'`); err != nil {
+	if m.Args, err = cf.parseJSONFlag("args", *argsJSON, `pass an object, e.g. -args '{"level":"debug"}'`); err != nil {
 		return err
 	}
 

@@ -43,10 +43,10 @@ func runSub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return flagError(err)
 	}
 	if len(pos) > 0 {
-		return &usageError{fmt.Sprintf("sub takes no arguments (got %q): name the link with -id", pos)}
+		return cf.usage(fmt.Sprintf("sub takes no arguments (got %q): name the link with -id", pos))
 	}
 	if *limit < 0 {
-		return &usageError{"-n must not be negative"}
+		return cf.usage("-n must not be negative")
 	}
 	ctx, stop := signal.NotifyContext(ctx, subSignals...)
 	defer stop()

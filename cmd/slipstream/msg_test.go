@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/slipstream-sync/slipstream/internal/daemon"
+	"github.com/slipstream-sync/slipstream/pipeline"
+	"go.uber.org/goleak"
+)
+
+// msgInstance is an in-process instance with the state and command stages,
+// started from a config file on disk, for the get, pub, sub and cmd tests.
+type msgInstance struct {
+	in     *daemon.Instance
+	config string // the config file; its first listener is ingress
+	url    string // ingress: commands allowed
+	locked string // no allow_commands
+	secure string // bearer token "s3cret" required
+}
+
+// freePort picks a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startMsgInstance starts the instance; at cleanup it stops it, then checks
+// that no goroutine leaked.
+func startMsgInstance(t *testing.T) *msgInstance {
+	t.Helper()
+	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs last
+	dir := t.TempDir()
+	port := freePort(t)
+	hcl := fmt.Sprintf(`
+instance {
+  id       = "cli-msg"
+  tags     = ["cli"]
+  data_dir = %q
+}
+admin {
+  listen = "127.0.0.1:0"
+}
+log {
+  level = "error"
+}
+source "websocket_server" "ingress" {
+  listen         = "0.0.0.0:%d"
+  path           = "/slip"
+  default_tags   = ["anon"]
+  allow_commands = true
+}
+source "websocket_server" "locked" {
+  listen       = "127.0.0.1:0"
+  default_tags = ["anon"]
+}
+source "websocket_server" "secure" {
+  listen = "127.0.0.1:0"
+  tokens = ["s3cret"]
+}
+pipeline "sync" {
+  sources = [source.websocket_server.ingress, source.websocket_server.locked, source.websocket_server.secure]
+  stage "decode" {}
+  stage "loop_check" {}
+  stage "dedup" {}
+  stage "tag_filter" {}
+  stage "persist" {}
+  stage "ack" {}
+  stage "state" {}
+  stage "command" {}
+  stage "fanout" {}
+  sinks = [sink.websocket.links]
+}
+sink "websocket" "links" {
+  ack_timeout  = "2s"
+  max_attempts = 0
+}
+`, filepath.Join(dir, "data"), port)
+	path := filepath.Join(dir, "msg.hcl")
+	if err := os.WriteFile(path, []byte(hcl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, diags := pipeline.Load(path, []byte(hcl))
+	if diags.HasErrors() {
+		t.Fatal(pipeline.FormatDiagnostics(diags))
+	}
+	in, err := daemon.New(cfg, daemon.Options{LogOutput: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- in.Run(ctx, context.Background()) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("instance: %v", err)
+		}
+	})
+	mi := &msgInstance{in: in, config: path}
+	urls := make([]string, 3)
+	for i, name := range []string{"ingress", "locked", "secure"} {
+		src := in.Source("websocket_server." + name).(interface{ Addr() net.Addr })
+		deadline := time.Now().Add(10 * time.Second)
+		for src.Addr() == nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("websocket_server.%s is not listening after 10s", name)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		urls[i] = "ws://" + src.Addr().String() + "/ws"
+	}
+	mi.url = fmt.Sprintf("ws://127.0.0.1:%d/slip", port)
+	mi.locked, mi.secure = urls[1], urls[2]
+	return mi
+}
+
+// lockedBuffer is a bytes.Buffer safe for a command that runs in another
+// goroutine while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// background runs a CLI command in a goroutine; wait returns its exit code.
+type background struct {
+	stdout, stderr lockedBuffer
+	code           chan int
+}
+
+func runBackground(t *testing.T, args ...string) *background {
+	t.Helper()
+	b := &background{code: make(chan int, 1)}
+	go func() {
+		err := run(context.Background(), args, &b.stdout, &b.stderr)
+		b.code <- exitCode(err, &b.stderr)
+	}()
+	return b
+}
+
+func (b *background) wait(t *testing.T) int {
+	t.Helper()
+	select {
+	case c := <-b.code:
+		return c
+	case <-time.After(30 * time.Second):
+		t.Fatalf("command still running after 30s; stderr:\n%s", b.stderr.String())
+	}
+	return -1
+}
+
+// waitFor polls fn for up to 10s.
+func waitFor(t *testing.T, what string, fn func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !fn() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestEndpointFromConfig(t *testing.T) {
+	for _, c := range []struct{ listen, want string }{
+		{"0.0.0.0:7070", "ws://127.0.0.1:7070/ws"},
+		{":7070", "ws://127.0.0.1:7070/ws"},
+		{"[::]:7070", "ws://[::1]:7070/ws"},
+		{"10.0.0.5:8080", "ws://10.0.0.5:8080/ws"},
+	} {
+		if got, err := listenURL(c.listen, "/ws", "x.hcl"); err != nil || got != c.want {
+			t.Errorf("listenURL(%q) = %q, %v; want %q", c.listen, got, err, c.want)
+		}
+	}
+	if _, err := listenURL("127.0.0.1:0", "/ws", "x.hcl"); err == nil || !strings.Contains(err.Error(), "pass -url") {
+		t.Errorf("port 0: %v", err)
+	}
+
+	// No -url and no ./pipelines.hcl: the default. With one in the working
+	// directory: its listener.
+	dir := t.TempDir()
+	t.Chdir(dir)
+	f := &connFlags{name: "get", stderr: io.Discard}
+	if got, err := f.endpoint(io.Discard); err != nil || got != defaultWSURL {
+		t.Errorf("no config: %q, %v", got, err)
+	}
+	hcl := "instance {\n  id = \"x\"\n}\nsource \"websocket_server\" \"in\" {\n  listen = \"0.0.0.0:7555\"\n  path = \"/sync\"\n}\n" +
+		"pipeline \"p\" {\n  sources = [source.websocket_server.in]\n  stage \"decode\" {}\n  stage \"fanout\" {}\n  sinks = [sink.websocket.out]\n}\nsink \"websocket\" \"out\" {}\n"
+	if err := os.WriteFile(filepath.Join(dir, "pipelines.hcl"), []byte(hcl), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.endpoint(io.Discard); err != nil || got != "ws://127.0.0.1:7555/sync" {
+		t.Errorf("./pipelines.hcl: %q, %v", got, err)
+	}
+	f.url = "ws://elsewhere:1/ws"
+	if got, _ := f.endpoint(io.Discard); got != "ws://elsewhere:1/ws" {
+		t.Errorf("-url does not win: %q", got)
+	}
+}
