@@ -45,6 +45,7 @@ type peer struct {
 	logURL string // without credentials
 	header http.Header
 	dialer *websocket.Dialer
+	tls    *tlsFiles // wss://: the files of the tls block, re-read when they change
 	bo     *backoff
 	log    *slog.Logger
 
@@ -71,8 +72,9 @@ func newPeer(c *Client, pc PeerConfig) (*peer, error) {
 		ReadBufferSize:   4096,
 		WriteBufferSize:  4096,
 	}
+	var tf *tlsFiles
 	if u.Scheme == "wss" {
-		if dialer.TLSClientConfig, err = pc.TLS.config(); err != nil {
+		if tf, err = newPeerTLS(c, pc); err != nil {
 			return nil, err
 		}
 		if pc.TLS != nil && pc.TLS.InsecureSkipVerify {
@@ -91,6 +93,7 @@ func newPeer(c *Client, pc PeerConfig) (*peer, error) {
 		logURL:    u.Redacted(),
 		header:    header,
 		dialer:    dialer,
+		tls:       tf,
 		bo:        newBackoff(c.cfg.Retry),
 		log:       log,
 		ok:        c.m.connects.WithLabelValues(pc.ID, outcomeOK),
@@ -297,6 +300,9 @@ func lostTieBreak(cn *Conn, err error) bool {
 // handshake dials the peer, sends our HELLO and checks the peer's answer.
 // It returns the connection ready for newConn.
 func (p *peer) handshake(ctx context.Context) (*websocket.Conn, error) {
+	if p.tls != nil { // the current CAs and client certificate
+		p.dialer.TLSClientConfig = p.tls.clientConfig(p.cfg.TLS)
+	}
 	ws, resp, err := p.dialer.DialContext(ctx, p.url, p.header)
 	if err != nil {
 		if resp != nil {

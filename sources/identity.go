@@ -107,6 +107,9 @@ func (s *Server) hello(c *Conn, cur *link.Link, spec link.Spec, m *slipstream.Me
 	if err := m.Validate(&slipstream.Limits{MaxFrame: s.cfg.MaxFrame}); err != nil {
 		return nil, spec, err
 	}
+	if err := s.checkHelloIdentity(c, spec, m); err != nil { // certid.go: c is closed
+		return nil, spec, err
+	}
 	switch {
 	case m.InstanceID == "":
 		return nil, spec, &slipstream.Error{Code: slipstream.CodeInvalid, MessageID: m.MessageID,

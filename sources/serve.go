@@ -53,6 +53,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	var status int
+	if spec, status, err = s.certSpec(r, spec); err != nil { // mutual TLS identity (certid.go)
+		s.refuseCert(w, r, status, err)
+		return
+	}
 	if spec.Durable {
 		// Make the link a recipient before the client can learn it is
 		// connected: what is published from then on reaches it.

@@ -151,6 +151,8 @@ type Client struct {
 	log   *slog.Logger
 	m     *clientMetrics
 	peers []*peer
+	name  string                // the part's name, in logs and metrics
+	reg   prometheus.Registerer // for the peers' TLS reload metrics
 
 	mu       sync.Mutex
 	conns    map[*Conn]*link.Link // our live connections
@@ -187,6 +189,7 @@ func NewClient(cfg ClientConfig, bc *pipeline.BuildContext) (*Client, error) {
 		return nil, err
 	}
 	c := &Client{cfg: cfg, self: bc.Instance, links: bc.Links, log: log, m: m,
+		name: sourceLabel(bc, "websocket_client"), reg: bc.Metrics,
 		conns: map[*Conn]*link.Link{}, done: make(chan struct{})}
 	for _, pc := range cfg.Peers {
 		p, err := newPeer(c, pc)
@@ -212,6 +215,9 @@ func (c *Client) Run(ctx context.Context, emit func(*pipeline.Envelope) bool) er
 		return nil
 	}
 	for _, p := range c.peers {
+		if p.tls != nil {
+			p.tls.start()
+		}
 		c.dialers.Add(1)
 		go func() {
 			defer c.dialers.Done()
@@ -301,6 +307,9 @@ func (c *Client) Close() error {
 		}
 		for _, p := range c.peers {
 			p.setState(PeerStopped)
+			if p.tls != nil {
+				p.tls.close()
+			}
 		}
 	})
 	return nil

@@ -2,6 +2,7 @@ package sources
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -45,6 +46,7 @@ type ServerConfig struct {
 	Limits         LimitsConfig         `hcl:"limits,block" doc:"connection counts, per-connection rates, handshake and idle timeouts"`
 	Permissions    PermissionsConfig    `hcl:"permissions,block" doc:"what the links of this listener may send (default: everything; slipstream.* commands need allow_commands)"`
 	Permission     []PermissionOverride `hcl:"permission,block" doc:"the whole set of permissions of one link, by its id (replaces permissions and allow_commands for it)"`
+	TLS            *ServerTLS           `hcl:"tls,block" doc:"serve wss:// (TLS 1.2 at least); with client_ca_file, mutual TLS; see docs/tls.md"`
 }
 
 // Validate implements pipeline.Validator (the heartbeat block validates
@@ -121,6 +123,8 @@ type Server struct {
 	upgrader websocket.Upgrader
 	acc      *access
 	m        *serverMetrics
+	tls      *tlsFiles     // nil: plain ws://
+	certID   *certIdentity // nil: link ids do not come from certificates
 
 	listenMu sync.Mutex
 	ln       net.Listener
@@ -181,13 +185,19 @@ func NewServer(cfg ServerConfig, bc *pipeline.BuildContext) (*Server, error) {
 	if acc.requiresToken() && len(cfg.Tokens) == 0 {
 		log.Info("bearer tokens required", "token_file", cfg.TokenFile)
 	}
+	tf, err := newServerTLS(cfg.TLS, bc, log)
+	if err != nil {
+		return nil, err
+	}
 	return &Server{
-		cfg:   cfg,
-		self:  bc.Instance,
-		links: bc.Links,
-		log:   log,
-		acc:   acc,
-		m:     m,
+		tls:    tf,
+		certID: newCertIdentity(cfg.TLS),
+		cfg:    cfg,
+		self:   bc.Instance,
+		links:  bc.Links,
+		log:    log,
+		acc:    acc,
+		m:      m,
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: cfg.Limits.HandshakeTimeout,
 			ReadBufferSize:   4096,
@@ -208,6 +218,9 @@ func (s *Server) AllowCommands() bool { return s.cfg.AllowCommands }
 // in the kernel's backlog until Run serves them. Called once by the runner.
 func (s *Server) Start(context.Context) error {
 	_, err := s.listen()
+	if err == nil && s.tls != nil {
+		s.tls.start()
+	}
 	return err
 }
 
@@ -276,7 +289,11 @@ func (s *Server) Run(ctx context.Context, emit func(*pipeline.Envelope) bool) er
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(corkListener{ln}) }()
+	var sl net.Listener = corkListener{ln}
+	if s.tls != nil {
+		sl = tls.NewListener(sl, s.tls.serverConfig(s.tlsMinVersion()))
+	}
+	go func() { served <- srv.Serve(sl) }()
 
 	var runErr error
 	select {
@@ -315,6 +332,9 @@ func (s *Server) stopReads() {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
+		if s.tls != nil {
+			s.tls.close()
+		}
 		s.listenMu.Lock()
 		if s.ln != nil {
 			_ = s.ln.Close()

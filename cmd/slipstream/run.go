@@ -43,6 +43,19 @@ func runRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 	defer signal.Stop(sigs)
 	done := make(chan struct{})
 	defer close(done)
+	hup := make(chan os.Signal, 1) // SIGHUP: re-read certificates and keys (docs/tls.md)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				_ = in.Reload() // each failure is logged; the previous files stay in use
+			case <-done:
+				return
+			}
+		}
+	}()
 	go func() {
 		select {
 		case s := <-sigs:
