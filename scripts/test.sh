@@ -16,11 +16,65 @@ BENCHTIME="${BENCHTIME:-200x}"
 
 step() { printf '\n=== %s\n' "$*"; }
 
+# --- what the tests need: one small function per tool ------------------------
+# Each is idempotent and quick when the tool is already there. The tests that
+# use a tool skip without it, unless SLIPSTREAM_REQUIRE_TOOLS is set (below):
+# here every one of them must run.
+
+apt_updated=""
+apt_install() { # package...
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  if [ -z "$apt_updated" ]; then
+    $sudo apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# promtool (Debian package prometheus): `promtool check metrics` on a live
+# instance's /metrics and `promtool check rules` on docs/alerts.yml.
+ensure_promtool() {
+  if command -v promtool >/dev/null 2>&1; then
+    echo "promtool: $(command -v promtool)"
+    return
+  fi
+  echo "promtool: installing the Debian package prometheus"
+  apt_install prometheus
+  # The package starts a Prometheus server; the tests need only promtool.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    systemctl stop prometheus || true
+  fi
+  command -v promtool >/dev/null
+}
+
+# Jaeger v2 all-in-one, built from the module pinned in tools/jaeger (a module
+# of its own: Jaeger's dependencies never enter the main build). Rebuilt when
+# the binary is missing or older than tools/jaeger/go.sum; a cold build takes
+# about 6 minutes, a warm one seconds.
+ensure_jaeger() {
+  local bin=tools/jaeger/bin/jaeger
+  if [ -n "${SLIPSTREAM_JAEGER:-}" ] && [ -x "$SLIPSTREAM_JAEGER" ]; then
+    echo "jaeger: $SLIPSTREAM_JAEGER"
+    return
+  fi
+  if [ ! -x "$bin" ] || [ tools/jaeger/go.sum -nt "$bin" ]; then
+    echo "jaeger: building $bin (about 6 minutes the first time)"
+    (cd tools/jaeger && go build -o bin/jaeger github.com/jaegertracing/jaeger/cmd/jaeger)
+  fi
+  export SLIPSTREAM_JAEGER="$PWD/$bin"
+  echo "jaeger: $SLIPSTREAM_JAEGER"
+}
+
 step "go version"
 go version
 
 step "download modules"
 go mod download
+
+step "tools the tests need"
+ensure_promtool
+ensure_jaeger
+export SLIPSTREAM_REQUIRE_TOOLS=1
 
 step "gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './tools/*'))

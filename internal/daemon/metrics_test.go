@@ -514,4 +514,3 @@ func TestAlertRules(t *testing.T) {
 		}
 	}
 }
-
