@@ -50,7 +50,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := needTimeout(cf); err != nil {
 		return err
 	}
-	m := &slipstream.Message{Type: slipstream.TypeCMD, Command: pos[0], Args: a, TargetedTags: splitList(*target)}
+	m := &slipstream.Message{Type: slipstream.TypeCMD, Command: pos[0], Args: a, TargetedTags: splitCommaList(*target)}
 	ctx, cancel := cf.withTimeout(ctx)
 	defer cancel()
 	c, err := cf.dialAnswering(ctx, client.Options{}, stderr)

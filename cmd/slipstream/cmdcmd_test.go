@@ -30,9 +30,9 @@ func TestCmd(t *testing.T) {
 	if code != exitError || !strings.Contains(errOut, `no answer to command "app.reload" within 300ms: no client that received it`) {
 		t.Fatalf("cmd nobody answers: exit %d: %s", code, errOut)
 	}
-	worker := runBackground(t, "sub", "-url", mi.url, "-id", "worker-1", "-tags", "workers", "-n", "1", "-timeout", "20s")
-	waitFor(t, "the worker is subscribed", func() bool { return strings.Contains(worker.stderr.String(), "subscribed to ") })
-	cmd := runBackground(t, "cmd", "app.reload", "-url", mi.url, "-target", "workers", "-args", `{"full":true}`, "-n", "1", "-timeout", "20s")
+	worker := runMsgBackground(t, "sub", "-url", mi.url, "-id", "worker-1", "-tags", "workers", "-n", "1", "-timeout", "20s")
+	msgWaitFor(t, "the worker is subscribed", func() bool { return strings.Contains(worker.stderr.String(), "subscribed to ") })
+	cmd := runMsgBackground(t, "cmd", "app.reload", "-url", mi.url, "-target", "workers", "-args", `{"full":true}`, "-n", "1", "-timeout", "20s")
 	if code := worker.wait(t); code != exitOK || !strings.Contains(worker.stdout.String(), `"command":"app.reload"`) {
 		t.Fatalf("worker: exit %d: %s %s", code, worker.stdout.String(), worker.stderr.String())
 	}

@@ -42,7 +42,7 @@ func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := needTimeout(cf); err != nil {
 		return err
 	}
-	m := &slipstream.Message{Type: t, Key: pos[0], TargetedTags: splitList(*target)}
+	m := &slipstream.Message{Type: t, Key: pos[0], TargetedTags: splitCommaList(*target)}
 	ctx, cancel := cf.withTimeout(ctx)
 	defer cancel()
 	c, err := cf.dialAnswering(ctx, client.Options{}, stderr)
@@ -87,7 +87,7 @@ func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return &exitCodeError{code: exitNotFound}
 	}
 	if !cf.json {
-		fmt.Fprintln(stdout, compactJSON(reply.Value))
+		fmt.Fprintln(stdout, oneLineJSON(reply.Value))
 	}
 	return nil
 }

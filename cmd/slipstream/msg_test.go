@@ -28,8 +28,8 @@ type msgInstance struct {
 	secure string // bearer token "s3cret" required
 }
 
-// freePort picks a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
+// msgFreePort picks a loopback port that was free a moment ago.
+func msgFreePort(t *testing.T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -45,7 +45,7 @@ func startMsgInstance(t *testing.T) *msgInstance {
 	t.Helper()
 	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs last
 	dir := t.TempDir()
-	port := freePort(t)
+	port := msgFreePort(t)
 	hcl := fmt.Sprintf(`
 instance {
   id       = "cli-msg"
@@ -129,34 +129,34 @@ sink "websocket" "links" {
 	return mi
 }
 
-// lockedBuffer is a bytes.Buffer safe for a command that runs in another
+// msgBuffer is a bytes.Buffer safe for a command that runs in another
 // goroutine while the test reads it.
-type lockedBuffer struct {
+type msgBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+func (b *msgBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+func (b *msgBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
 
-// background runs a CLI command in a goroutine; wait returns its exit code.
-type background struct {
-	stdout, stderr lockedBuffer
+// msgBackground runs a CLI command in a goroutine; wait returns its exit code.
+type msgBackground struct {
+	stdout, stderr msgBuffer
 	code           chan int
 }
 
-func runBackground(t *testing.T, args ...string) *background {
+func runMsgBackground(t *testing.T, args ...string) *msgBackground {
 	t.Helper()
-	b := &background{code: make(chan int, 1)}
+	b := &msgBackground{code: make(chan int, 1)}
 	go func() {
 		err := run(context.Background(), args, &b.stdout, &b.stderr)
 		b.code <- exitCode(err, &b.stderr)
@@ -164,7 +164,7 @@ func runBackground(t *testing.T, args ...string) *background {
 	return b
 }
 
-func (b *background) wait(t *testing.T) int {
+func (b *msgBackground) wait(t *testing.T) int {
 	t.Helper()
 	select {
 	case c := <-b.code:
@@ -175,8 +175,8 @@ func (b *background) wait(t *testing.T) int {
 	return -1
 }
 
-// waitFor polls fn for up to 10s.
-func waitFor(t *testing.T, what string, fn func() bool) {
+// msgWaitFor polls fn for up to 10s.
+func msgWaitFor(t *testing.T, what string, fn func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !fn() {

@@ -73,8 +73,8 @@ func (f *connFlags) usage(msg string) error {
 	return &exitCodeError{code: exitUsage}
 }
 
-// splitList reads a comma-separated list, ignoring blanks.
-func splitList(s string) []string {
+// splitCommaList reads a comma-separated list, ignoring blanks.
+func splitCommaList(s string) []string {
 	var out []string
 	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -151,7 +151,7 @@ func (f *connFlags) dial(ctx context.Context, o client.Options, stderr io.Writer
 	if err != nil {
 		return nil, "", err
 	}
-	o.ID, o.Tags = f.id, splitList(f.tags)
+	o.ID, o.Tags = f.id, splitCommaList(f.tags)
 	if f.token != "" {
 		o.Header = http.Header{"Authorization": {"Bearer " + f.token}}
 	}
@@ -227,15 +227,15 @@ func replyLine(m *slipstream.Message) string {
 		if m.Result == nil {
 			return who + "  null"
 		}
-		return who + "  " + compactJSON(m.Result)
+		return who + "  " + oneLineJSON(m.Result)
 	case m.Found == nil || !*m.Found:
 		return who + "  not found"
 	}
-	return who + "  " + compactJSON(m.Value)
+	return who + "  " + oneLineJSON(m.Value)
 }
 
-// compactJSON prints raw JSON on one line.
-func compactJSON(raw json.RawMessage) string {
+// oneLineJSON prints raw JSON on one line.
+func oneLineJSON(raw json.RawMessage) string {
 	var b bytes.Buffer
 	if err := json.Compact(&b, raw); err != nil {
 		return string(raw)

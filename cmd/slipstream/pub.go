@@ -38,8 +38,8 @@ GW) or a command, every reply until -timeout.
 Exit status: 0 accepted, 1 refused with ERR (or no connection), 2 a wrong command line.
 `
 
-// stdin is where pub -raw - reads frames (a variable for tests).
-var stdin io.Reader = os.Stdin
+// pubStdin is where pub -raw - reads frames (a variable for tests).
+var pubStdin io.Reader = os.Stdin
 
 func runPub(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, cf := newMsgFlagSet("pub", pubUsage, 5*time.Second, stderr)
@@ -87,7 +87,7 @@ func runPub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if (*command != "" || *argsJSON != "") && t != slipstream.TypeCMD {
 		return cf.usage(fmt.Sprintf("-command and -args belong to CMD messages, not %s: drop -type", t))
 	}
-	m := &slipstream.Message{Type: t, Key: *key, Command: *command, MessageID: *msgID, TargetedTags: splitList(*target)}
+	m := &slipstream.Message{Type: t, Key: *key, Command: *command, MessageID: *msgID, TargetedTags: splitCommaList(*target)}
 	if m.Value, err = cf.parseJSONFlag("value", *value, `quote a string (-value '"paid"'), or give an array, object, number, true, false or null`); err != nil {
 		return err
 	}
@@ -224,7 +224,7 @@ func pubRaw(ctx context.Context, cf *connFlags, raw string, stdout, stderr io.Wr
 	if raw != "-" {
 		err = sendOne(raw)
 	} else {
-		sc := bufio.NewScanner(stdin)
+		sc := bufio.NewScanner(pubStdin)
 		sc.Buffer(make([]byte, 64<<10), 64<<20)
 		for err == nil && sc.Scan() {
 			if line := strings.TrimSpace(sc.Text()); line != "" {

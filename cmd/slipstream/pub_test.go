@@ -38,12 +38,12 @@ func TestPub(t *testing.T) {
 	if code != exitError || !strings.Contains(out, `{"type":"ERR"`) || !strings.Contains(out, `"code":"bad_json"`) {
 		t.Fatalf("pub -raw invalid: exit %d: %q", code, out)
 	}
-	stdin = strings.NewReader(`{"type":"SK","key":"s","value":1,"messageId":"raw-1"}
+	pubStdin = strings.NewReader(`{"type":"SK","key":"s","value":1,"messageId":"raw-1"}
 
 {"type":"GK","key":"s","messageId":"raw-get"}
 {"type":"NOPE"}
 `)
-	t.Cleanup(func() { stdin = os.Stdin })
+	t.Cleanup(func() { pubStdin = os.Stdin })
 	code, out, errOut = runCLI(t, "pub", "-url", mi.url, "-raw", "-", "-timeout", "500ms")
 	lines = strings.Split(strings.TrimSpace(out), "\n")
 	if code != exitError || len(lines) != 3 || !strings.HasPrefix(lines[0], `{"type":"ACK","messageId":"raw-1"`) ||

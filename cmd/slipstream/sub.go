@@ -26,6 +26,7 @@ Ctrl-C (SIGINT) or SIGTERM.
   -n N       stop after N messages
   -no-ack    do not acknowledge: the instance sends them again after its ack_timeout
              (and dead-letters them after max_attempts); for looking without consuming
+  (sub always prints whole frames: -json changes nothing)
 
 Exit status: 0 stopped as asked, 1 the connection failed or fewer than -n messages came
 within -timeout, 2 a wrong command line.
@@ -63,12 +64,12 @@ func runSub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	who := "an anonymous link"
 	if cf.id != "" {
 		who = fmt.Sprintf("link %q", cf.id)
-		if tags := splitList(cf.tags); len(tags) > 0 {
+		if tags := splitCommaList(cf.tags); len(tags) > 0 {
 			who += " (tags " + strings.Join(tags, ",") + ")"
 		}
 	}
 	fmt.Fprintf(stderr, "subscribed to %s as %s; Ctrl-C stops\n", url, who)
-	progress := isTerminal(stderr)
+	progress := msgIsTerminal(stderr)
 	n := 0
 	finish := func() {
 		if progress {
@@ -108,8 +109,8 @@ func runSub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	return nil
 }
 
-// isTerminal reports whether w is a terminal (progress may rewrite its line).
-func isTerminal(w io.Writer) bool {
+// msgIsTerminal reports whether w is a terminal (progress may rewrite its line).
+func msgIsTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false

@@ -9,17 +9,17 @@ import (
 
 func TestSub(t *testing.T) {
 	mi := startMsgInstance(t)
-	sub := runBackground(t, "sub", "-url", mi.url, "-id", "sub-1", "-tags", "orders,eu")
+	sub := runMsgBackground(t, "sub", "-url", mi.url, "-id", "sub-1", "-tags", "orders,eu")
 	// The signal handler is installed before this line is printed.
-	waitFor(t, "sub says it is subscribed", func() bool { return strings.Contains(sub.stderr.String(), "subscribed to ") })
+	msgWaitFor(t, "sub says it is subscribed", func() bool { return strings.Contains(sub.stderr.String(), "subscribed to ") })
 	for i := range 2 {
 		if code, _, errOut := runCLI(t, "pub", "-url", mi.url, "-target", "orders", "-key", fmt.Sprint("o", i), "-value", fmt.Sprint(i)); code != exitOK {
 			t.Fatalf("pub: %s", errOut)
 		}
 	}
-	waitFor(t, "sub prints both messages", func() bool { return strings.Count(sub.stdout.String(), "\n") == 2 })
+	msgWaitFor(t, "sub prints both messages", func() bool { return strings.Count(sub.stdout.String(), "\n") == 2 })
 	// Both are acknowledged: nothing waits for sub-1 any more.
-	waitFor(t, "sub-1's outbox is empty", func() bool { n, err := mi.in.Store().CountOutbox("sub-1"); return err == nil && n == 0 })
+	msgWaitFor(t, "sub-1's outbox is empty", func() bool { n, err := mi.in.Store().CountOutbox("sub-1"); return err == nil && n == 0 })
 	p, err := os.FindProcess(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
