@@ -32,87 +32,48 @@ import (
 // of the catalogue with its documented type and labels, and hold no
 // slipstream_ metric the catalogue does not list.
 
-// obsNode is an instance of the observability tests: the nine default
-// stages, an ingress listener, a "guarded" listener that requires a token,
-// and one websocket_client peer per entry of peers.
+// obsNode is an instance of the observability tests: meshHCL's (the nine
+// default stages, one websocket_client peer per entry of peers), plus a
+// "guarded" listener that requires a token.
 type obsNode struct {
 	id      string
 	dir     string
 	peers   map[string]string // id -> ws URL of the instances it dials
 	extra   string            // more top-level blocks (tracing)
 	ingress string            // more attributes of the ingress listener
-	sink    string            // attributes of the websocket sink
+	sink    string            // replaces the websocket sink's ack_timeout and max_attempts
 }
 
 func (n obsNode) hcl() string {
-	var peers strings.Builder
-	refs := "source.websocket_server.ingress, source.websocket_server.guarded"
-	if len(n.peers) > 0 {
-		peers.WriteString("source \"websocket_client\" \"peers\" {\n")
-		for _, id := range slices.Sorted(maps.Keys(n.peers)) {
-			fmt.Fprintf(&peers, "  peer %q {\n    url  = %q\n    tags = [%q]\n  }\n", id, n.peers[id], id)
+	all := map[string]meshNode{}
+	node := meshNode{id: n.id, tags: []string{n.id}, dir: n.dir} // port 0: a free one
+	for _, id := range slices.Sorted(maps.Keys(n.peers)) {
+		_, port, _ := net.SplitHostPort(strings.TrimSuffix(strings.TrimPrefix(n.peers[id], "ws://"), "/ws"))
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			panic("peer URL " + n.peers[id] + ": " + err.Error())
 		}
-		peers.WriteString(`  retry {
-    interval     = "20ms"
-    max_interval = "200ms"
-    attempts     = 0
-    cooldown     = "1s"
-  }
-  heartbeat {
-    interval = "1s"
-    timeout  = "5s"
-  }
-}
-`)
-		refs += ", source.websocket_client.peers"
+		all[id] = meshNode{id: id, tags: []string{id}, port: p}
+		node.peers = append(node.peers, id)
 	}
-	sink := n.sink
-	if sink == "" {
-		sink = "ack_timeout = \"2s\"\n  max_attempts = 0"
+	hcl := meshHCL(node, all)
+	edit := func(old, new string) {
+		if !strings.Contains(hcl, old) {
+			panic(fmt.Sprintf("meshHCL changed: no %q in\n%s", old, hcl))
+		}
+		hcl = strings.Replace(hcl, old, new, 1)
 	}
-	return fmt.Sprintf(`
-instance {
-  id            = %q
-  cluster_group = %q
-  tags          = [%q]
-  data_dir      = %q
-}
-admin {
-  listen = "127.0.0.1:0"
-}
-log {
-  level = "warn"
-}
-%s
-source "websocket_server" "ingress" {
-  listen       = "127.0.0.1:0"
-  default_tags = ["local"]
-  %s
-}
+	edit("default_tags = [\"local\"]\n", "default_tags = [\"local\"]\n  "+n.ingress+"\n")
+	edit("sources = [source.websocket_server.ingress", "sources = [source.websocket_server.ingress, source.websocket_server.guarded")
+	if n.sink != "" {
+		edit("ack_timeout  = \"2s\"\n  max_attempts = 0", n.sink)
+	}
+	return hcl + `
 source "websocket_server" "guarded" {
   listen = "127.0.0.1:0"
   tokens = ["s3cret"]
 }
-%s
-pipeline "sync" {
-  sources = [%s]
-  stage "decode" {}
-  stage "loop_check" {}
-  stage "dedup" {
-    window = "1h"
-  }
-  stage "tag_filter" {}
-  stage "persist" {}
-  stage "ack" {}
-  stage "state" {}
-  stage "command" {}
-  stage "fanout" {}
-  sinks = [sink.websocket.links]
-}
-sink "websocket" "links" {
-  %s
-}
-`, n.id, n.id, n.id, n.dir, n.extra, n.ingress, peers.String(), refs, sink)
+` + n.extra
 }
 
 // sourceURL is the ws URL of a listener of in.
