@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,14 +20,42 @@ import (
 	_ "github.com/slipstream-sync/slipstream/stages"
 )
 
-// instanceHCL is a one-instance config on 127.0.0.1:0 with its data in a
-// fresh temp dir and the default pipeline's delivery stages.
+// instanceHCL is configHCL for instance id of cluster group "test-group",
+// tagged "test", without peers.
 func instanceHCL(t *testing.T, id string) string {
+	return configHCL(t, id, "test-group", []string{"test"}, "")
+}
+
+// configHCL is a one-instance config on 127.0.0.1 with its data in a fresh
+// temp dir, the default pipeline (state and command included) and two
+// listeners: "ingress" may issue slipstream.* commands, "locked" may not.
+// peers are websocket_client peer blocks (HCL) this instance dials.
+func configHCL(t *testing.T, id, cluster string, tags []string, peers string) string {
+	t.Helper()
+	q := make([]string, len(tags))
+	for i, tag := range tags {
+		q[i] = fmt.Sprintf("%q", tag)
+	}
+	client, ref := "", ""
+	if peers != "" {
+		client = fmt.Sprintf(`
+source "websocket_client" "peers" {
+%s
+  retry {
+    interval     = "20ms"
+    max_interval = "200ms"
+    attempts     = 0
+    cooldown     = "1s"
+  }
+}
+`, peers)
+		ref = ", source.websocket_client.peers"
+	}
 	return fmt.Sprintf(`
 instance {
   id            = %q
-  cluster_group = "test-group"
-  tags          = ["test"]
+  cluster_group = %q
+  tags          = [%s]
   data_dir      = %q
 }
 admin {
@@ -37,12 +66,17 @@ log {
   format = "text"
 }
 source "websocket_server" "ingress" {
+  listen         = "127.0.0.1:0"
+  default_tags   = ["anon"]
+  allow_commands = true
+}
+source "websocket_server" "locked" {
   listen       = "127.0.0.1:0"
-  path         = "/ws"
   default_tags = ["anon"]
 }
+%s
 pipeline "sync" {
-  sources = [source.websocket_server.ingress]
+  sources = [source.websocket_server.ingress, source.websocket_server.locked%s]
   stage "decode" {}
   stage "loop_check" {}
   stage "dedup" {
@@ -51,6 +85,8 @@ pipeline "sync" {
   stage "tag_filter" {}
   stage "persist" {}
   stage "ack" {}
+  stage "state" {}
+  stage "command" {}
   stage "fanout" {}
   sinks = [sink.websocket.links]
 }
@@ -58,7 +94,7 @@ sink "websocket" "links" {
   ack_timeout  = "10s"
   max_attempts = 3
 }
-`, id, t.TempDir())
+`, id, cluster, strings.Join(q, ", "), t.TempDir(), client, ref)
 }
 
 // startInstance runs an instance from hcl in-process and returns its

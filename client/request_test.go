@@ -15,82 +15,11 @@ import (
 	"github.com/slipstream-sync/slipstream/client"
 )
 
-// stateHCL is a one-instance config with the state and command stages and
-// two listeners: "ingress" may issue slipstream.* commands, "locked" may
-// not. peers are extra websocket_client peer blocks (HCL), dialled by this
-// instance.
-func stateHCL(t *testing.T, id string, tags []string, peers string) string {
-	t.Helper()
-	q := make([]string, len(tags))
-	for i, tag := range tags {
-		q[i] = fmt.Sprintf("%q", tag)
-	}
-	client, ref := "", ""
-	if peers != "" {
-		client = fmt.Sprintf(`
-source "websocket_client" "peers" {
-%s
-  retry {
-    interval     = "20ms"
-    max_interval = "200ms"
-    attempts     = 0
-    cooldown     = "1s"
-  }
-}
-`, peers)
-		ref = ", source.websocket_client.peers"
-	}
-	return fmt.Sprintf(`
-instance {
-  id            = %q
-  cluster_group = %q
-  tags          = [%s]
-  data_dir      = %q
-}
-admin {
-  listen = "127.0.0.1:0"
-}
-log {
-  level  = "debug"
-  format = "text"
-}
-source "websocket_server" "ingress" {
-  listen         = "127.0.0.1:0"
-  default_tags   = ["anon"]
-  allow_commands = true
-}
-source "websocket_server" "locked" {
-  listen       = "127.0.0.1:0"
-  default_tags = ["anon"]
-}
-%s
-pipeline "sync" {
-  sources = [source.websocket_server.ingress, source.websocket_server.locked%s]
-  stage "decode" {}
-  stage "loop_check" {}
-  stage "dedup" {
-    window = "1h"
-  }
-  stage "tag_filter" {}
-  stage "persist" {}
-  stage "ack" {}
-  stage "state" {}
-  stage "command" {}
-  stage "fanout" {}
-  sinks = [sink.websocket.links]
-}
-sink "websocket" "links" {
-  ack_timeout  = "10s"
-  max_attempts = 3
-}
-`, id, id, strings.Join(q, ", "), t.TempDir(), client, ref)
-}
-
 // startStateInstance returns the URLs of its ingress (commands allowed) and
 // locked listeners.
 func startStateInstance(t *testing.T, id string, tags []string, peers string) (ingress, locked string, stop func()) {
 	t.Helper()
-	urls, stop := startInstanceSources(t, stateHCL(t, id, tags, peers),
+	urls, stop := startInstanceSources(t, configHCL(t, id, id, tags, peers),
 		"websocket_server.ingress", "websocket_server.locked")
 	return urls[0], urls[1], stop
 }

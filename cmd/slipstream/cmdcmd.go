@@ -51,13 +51,11 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	m := &slipstream.Message{Type: slipstream.TypeCMD, Command: pos[0], Args: a, TargetedTags: splitCommaList(*target)}
-	ctx, cancel := cf.withTimeout(ctx)
-	defer cancel()
-	c, err := cf.dialAnswering(ctx, client.Options{}, stderr)
+	ctx, c, done, err := cf.session(ctx, client.Options{})
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer done()
 	r, err := c.Request(ctx, m)
 	if err != nil {
 		return requestFailed(m, cf.timeout, err)

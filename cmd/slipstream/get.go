@@ -43,13 +43,11 @@ func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	m := &slipstream.Message{Type: t, Key: pos[0], TargetedTags: splitCommaList(*target)}
-	ctx, cancel := cf.withTimeout(ctx)
-	defer cancel()
-	c, err := cf.dialAnswering(ctx, client.Options{}, stderr)
+	ctx, c, done, err := cf.session(ctx, client.Options{})
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer done()
 
 	if *all {
 		r, err := c.Request(ctx, m)

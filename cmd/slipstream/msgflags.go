@@ -192,6 +192,18 @@ func (f *connFlags) dialAnswering(ctx context.Context, o client.Options, stderr 
 	return c, nil
 }
 
+// session bounds ctx by -timeout and dials as dialAnswering does; done
+// closes the client and releases ctx.
+func (f *connFlags) session(ctx context.Context, o client.Options) (context.Context, *client.Client, func(), error) {
+	ctx, cancel := f.withTimeout(ctx)
+	c, err := f.dialAnswering(ctx, o, f.stderr)
+	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
+	return ctx, c, func() { c.Close(); cancel() }, nil
+}
+
 // withTimeout bounds ctx by -timeout (0: no bound).
 func (f *connFlags) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
 	if f.timeout <= 0 {

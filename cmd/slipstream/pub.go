@@ -95,13 +95,11 @@ func runPub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 
-	ctx, cancel := cf.withTimeout(ctx)
-	defer cancel()
-	c, err := cf.dialAnswering(ctx, client.Options{}, stderr)
+	ctx, c, done, err := cf.session(ctx, client.Options{})
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer done()
 
 	if t != slipstream.TypeCMD && t.IsData() {
 		ack, err := c.Publish(ctx, m)
