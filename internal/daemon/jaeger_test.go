@@ -1,7 +1,6 @@
 package daemon_test
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -13,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -48,24 +46,6 @@ type jaeger struct {
 	otlpGRPC, otlpHTTP, query string
 }
 
-// lockedOutput collects a subprocess's output for the test log.
-type lockedOutput struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedOutput) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedOutput) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // startJaeger runs Jaeger with tools/jaeger/config.yaml on free loopback
 // ports and waits until its query API answers. It is stopped (SIGTERM, then
 // SIGKILL after 10s) when the test ends.
@@ -78,7 +58,7 @@ func startJaeger(t *testing.T) *jaeger {
 		"JAEGER_OTLP_GRPC="+j.otlpGRPC, "JAEGER_OTLP_HTTP="+j.otlpHTTP,
 		"JAEGER_QUERY_HTTP="+j.query, "JAEGER_QUERY_GRPC="+freeAddr(t),
 		"OTEL_SDK_DISABLED=true", "OTEL_TRACES_EXPORTER=none")
-	out := &lockedOutput{}
+	out := &lockedBuffer{} // ops_test.go
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
