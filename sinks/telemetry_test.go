@@ -1,0 +1,77 @@
+package sinks
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.uber.org/goleak"
+)
+
+// Each send of a delivery is a span (attempt 1, then the redelivery as
+// attempt 2), and the link's metrics count it by type, link and outcome,
+// with its ACK's round trip per link.
+func TestSendSpansAndLinkMetrics(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) {
+		c.AckTimeout, c.BackoffMax, c.MaxAttempts = 40*time.Millisecond, 40*time.Millisecond, 0
+	})
+	defer h.close()
+	h.sink.tracer = tp.Tracer("test") // before any link, hence any writer, exists
+
+	rec := recorder{}
+	rec.then = func(id string, n int) { // ACK the second send only
+		if n == 2 {
+			h.links.Get("pi-1").Outbox().Acked("c1", id)
+		}
+	}
+	l := h.attach("pi-1", true, rec.conn())
+	h.publish(l, 1, 1)
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if n := h.pending("pi-1"); n != 0 {
+			return fmt.Errorf("%d entries still pending", n)
+		}
+		return nil
+	})
+
+	ended := spans.Ended()
+	if len(ended) != 2 {
+		t.Fatalf("%d spans ended, want 2 (one per send)", len(ended))
+	}
+	for i, s := range ended {
+		attrs := map[attribute.Key]attribute.Value{}
+		for _, kv := range s.Attributes() {
+			attrs[kv.Key] = kv.Value
+		}
+		if s.Name() != "send" || attrs["slipstream.link"].AsString() != "pi-1" ||
+			attrs["slipstream.message_id"].AsString() != "m1" || attrs["slipstream.type"].AsString() != "SK" ||
+			attrs["slipstream.attempt"].AsInt64() != int64(i+1) || attrs["slipstream.redelivery"].AsBool() != (i == 1) {
+			t.Errorf("span %d: %s %v", i, s.Name(), s.Attributes())
+		}
+	}
+
+	for outcome, want := range map[string]float64{"sent": 1, "redelivered": 1, "acked": 1, "dead_lettered": 0} {
+		var m dto.Metric
+		if err := h.sink.m.out.WithLabelValues("SK", "pi-1", outcome).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.GetCounter().GetValue(); got != want {
+			t.Errorf("slipstream_messages_out_total{outcome=%q} = %v, want %v", outcome, got, want)
+		}
+	}
+	var m dto.Metric
+	if err := h.sink.m.rtt.WithLabelValues("pi-1").(interface{ Write(*dto.Metric) error }).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.GetHistogram().GetSampleCount(); n != 1 {
+		t.Errorf("slipstream_ack_rtt_seconds{link=pi-1} has %d samples, want 1", n)
+	}
+}
