@@ -21,7 +21,7 @@ func TestCmd(t *testing.T) {
 		t.Fatalf("cmd with a bad level: exit %d: %q %s", code, out, errOut)
 	}
 	code, _, errOut = runCLI(t, "cmd", "slipstream.set_log_level", "-args", `{"level":"info"}`, "-url", mi.locked)
-	if code != exitError || !strings.Contains(errOut, "(forbidden): slipstream.* commands need allow_commands on the listener of -url") {
+	if code != exitError || !strings.Contains(errOut, `the instance refused command "slipstream.set_log_level"`) || !strings.Contains(errOut, "allow_commands") {
 		t.Fatalf("cmd without permission: exit %d: %s", code, errOut)
 	}
 

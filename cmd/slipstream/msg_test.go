@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/slipstream-sync/slipstream/internal/daemon"
+	"github.com/slipstream-sync/slipstream/internal/testcerts"
 	"github.com/slipstream-sync/slipstream/pipeline"
 	"go.uber.org/goleak"
 )
@@ -26,6 +27,9 @@ type msgInstance struct {
 	url    string // ingress: commands allowed
 	locked string // no allow_commands
 	secure string // bearer token "s3cret" required
+	tls    string // wss://, mutual TLS
+	caFile string // the CA of the tls listener's certificates
+	dir    string // the certificates and keys: server, client
 }
 
 // msgFreePort picks a loopback port that was free a moment ago.
@@ -46,6 +50,10 @@ func startMsgInstance(t *testing.T) *msgInstance {
 	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs last
 	dir := t.TempDir()
 	port := msgFreePort(t)
+	ca := testcerts.NewCA(t, "cli test CA")
+	caFile := ca.WriteCA(t, dir, "ca")
+	srvCert, srvKey := ca.Issue(testcerts.Leaf{CommonName: "cli-msg"}).Write(t, dir, "server")
+	ca.Issue(testcerts.Leaf{CommonName: "cli-client"}).Write(t, dir, "client")
 	hcl := fmt.Sprintf(`
 instance {
   id       = "cli-msg"
@@ -72,8 +80,18 @@ source "websocket_server" "secure" {
   listen = "127.0.0.1:0"
   tokens = ["s3cret"]
 }
+source "websocket_server" "tls" {
+  listen         = "127.0.0.1:0"
+  allow_commands = true
+  tls {
+    cert_file      = %q
+    key_file       = %q
+    client_ca_file = %q
+  }
+}
 pipeline "sync" {
-  sources = [source.websocket_server.ingress, source.websocket_server.locked, source.websocket_server.secure]
+  sources = [source.websocket_server.ingress, source.websocket_server.locked, source.websocket_server.secure,
+             source.websocket_server.tls]
   stage "decode" {}
   stage "loop_check" {}
   stage "dedup" {}
@@ -89,7 +107,7 @@ sink "websocket" "links" {
   ack_timeout  = "2s"
   max_attempts = 0
 }
-`, filepath.Join(dir, "data"), port)
+`, filepath.Join(dir, "data"), port, srvCert, srvKey, caFile)
 	path := filepath.Join(dir, "msg.hcl")
 	if err := os.WriteFile(path, []byte(hcl), 0o600); err != nil {
 		t.Fatal(err)
@@ -111,9 +129,9 @@ sink "websocket" "links" {
 			t.Errorf("instance: %v", err)
 		}
 	})
-	mi := &msgInstance{in: in, config: path}
-	urls := make([]string, 3)
-	for i, name := range []string{"ingress", "locked", "secure"} {
+	mi := &msgInstance{in: in, config: path, caFile: caFile, dir: dir}
+	urls := make([]string, 4)
+	for i, name := range []string{"ingress", "locked", "secure", "tls"} {
 		src := in.Source("websocket_server." + name).(interface{ Addr() net.Addr })
 		deadline := time.Now().Add(10 * time.Second)
 		for src.Addr() == nil {
@@ -126,6 +144,7 @@ sink "websocket" "links" {
 	}
 	mi.url = fmt.Sprintf("ws://127.0.0.1:%d/slip", port)
 	mi.locked, mi.secure = urls[1], urls[2]
+	mi.tls = "wss" + strings.TrimPrefix(urls[3], "ws")
 	return mi
 }
 
@@ -194,11 +213,11 @@ func TestEndpointFromConfig(t *testing.T) {
 		{"[::]:7070", "ws://[::1]:7070/ws"},
 		{"10.0.0.5:8080", "ws://10.0.0.5:8080/ws"},
 	} {
-		if got, err := listenURL(c.listen, "/ws", "x.hcl"); err != nil || got != c.want {
+		if got, err := listenURL(c.listen, "/ws", false, "x.hcl"); err != nil || got != c.want {
 			t.Errorf("listenURL(%q) = %q, %v; want %q", c.listen, got, err, c.want)
 		}
 	}
-	if _, err := listenURL("127.0.0.1:0", "/ws", "x.hcl"); err == nil || !strings.Contains(err.Error(), "pass -url") {
+	if _, err := listenURL("127.0.0.1:0", "/ws", false, "x.hcl"); err == nil || !strings.Contains(err.Error(), "pass -url") {
 		t.Errorf("port 0: %v", err)
 	}
 
@@ -221,5 +240,29 @@ func TestEndpointFromConfig(t *testing.T) {
 	f.url = "ws://elsewhere:1/ws"
 	if got, _ := f.endpoint(io.Discard); got != "ws://elsewhere:1/ws" {
 		t.Errorf("-url does not win: %q", got)
+	}
+}
+
+func TestTLSFlags(t *testing.T) {
+	mi := startMsgInstance(t)
+	if got, err := listenURL("0.0.0.0:7443", "/ws", true, "x.hcl"); err != nil || got != "wss://127.0.0.1:7443/ws" {
+		t.Errorf("listenURL with tls = %q, %v", got, err)
+	}
+	cert, key := filepath.Join(mi.dir, "client.pem"), filepath.Join(mi.dir, "client-key.pem")
+	code, out, errOut := runCLI(t, "cmd", "slipstream.ping", "-url", mi.tls, "-ca", mi.caFile, "-cert", cert, "-cert-key", key, "-n", "1")
+	if code != exitOK || !strings.Contains(out, `"pong":true`) {
+		t.Fatalf("cmd over mutual TLS: exit %d: %s %s", code, out, errOut)
+	}
+	code, _, errOut = runCLI(t, "get", "k", "-url", mi.tls)
+	if code != exitError || !strings.Contains(errOut, "pass -ca with the CA that signed the instance's certificate") {
+		t.Fatalf("wss:// without -ca: exit %d: %s", code, errOut)
+	}
+	code, _, errOut = runCLI(t, "get", "k", "-url", mi.tls, "-ca", mi.caFile, "-cert", cert)
+	if code != exitUsage || !strings.Contains(errOut, "-cert and -cert-key go together") {
+		t.Fatalf("-cert without -key: exit %d: %s", code, errOut)
+	}
+	code, _, errOut = runCLI(t, "get", "k", "-url", mi.tls, "-ca", cert+".missing")
+	if code != exitError || !strings.Contains(errOut, "read -ca") {
+		t.Fatalf("missing -ca file: exit %d: %s", code, errOut)
 	}
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -13,6 +15,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/client"
@@ -33,6 +37,9 @@ const connFlagsUsage = `Connection flags (get, pub, sub, cmd):
                   of -config, else of ./pipelines.hcl when present, else ` + defaultWSURL + `)
   -config FILE    derive -url from this config (also -c)
   -token TOKEN    bearer token for a listener with tokens (default $SLIPSTREAM_TOKEN)
+  -ca FILE        PEM CA(s) that signed a wss:// instance's certificate (default: the system's)
+  -cert FILE      client certificate, for a listener with mutual TLS (with -cert-key)
+  -cert-key FILE  the private key of -cert
   -id ID          link id announced in HELLO (default: an anonymous, ephemeral link)
   -tags a,b       tags announced in HELLO (needs -id)
   -timeout D      how long to wait for answers (get, pub, cmd: default 5s; sub: 0 = no limit)
@@ -44,6 +51,7 @@ type connFlags struct {
 	name                         string // the command: get, pub, sub, cmd
 	stderr                       io.Writer
 	url, config, token, id, tags string
+	ca, cert, key                string
 	timeout                      time.Duration
 	json                         bool
 }
@@ -59,6 +67,9 @@ func newMsgFlagSet(name, usage string, timeout time.Duration, stderr io.Writer) 
 	fs.StringVar(&f.config, "config", "", "derive -url from this config file")
 	fs.StringVar(&f.config, "c", "", "derive -url from this config file")
 	fs.StringVar(&f.token, "token", os.Getenv("SLIPSTREAM_TOKEN"), "bearer token (default $SLIPSTREAM_TOKEN)")
+	fs.StringVar(&f.ca, "ca", "", "PEM CA file for wss://")
+	fs.StringVar(&f.cert, "cert", "", "PEM client certificate for mutual TLS (with -cert-key)")
+	fs.StringVar(&f.key, "cert-key", "", "PEM private key of -cert")
 	fs.StringVar(&f.id, "id", "", "link id announced in HELLO")
 	fs.StringVar(&f.tags, "tags", "", "tags announced in HELLO, comma-separated (needs -id)")
 	fs.DurationVar(&f.timeout, "timeout", timeout, "how long to wait for answers")
@@ -108,13 +119,13 @@ func (f *connFlags) endpoint(stderr io.Writer) (string, error) {
 		if !ok {
 			continue
 		}
-		return listenURL(sc.Listen, sc.Path, path)
+		return listenURL(sc.Listen, sc.Path, sc.TLS != nil, path)
 	}
 	return "", fmt.Errorf("%s has no websocket_server source to connect to: pass -url", path)
 }
 
 // listenURL turns a listen address into the URL a local client dials.
-func listenURL(listen, path, file string) (string, error) {
+func listenURL(listen, path string, tls bool, file string) (string, error) {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return "", fmt.Errorf("%s: websocket_server listen %q is not host:port: pass -url", file, listen)
@@ -128,7 +139,41 @@ func listenURL(listen, path, file string) (string, error) {
 	case "::":
 		host = "::1"
 	}
-	return "ws://" + net.JoinHostPort(host, port) + path, nil
+	scheme := "ws://"
+	if tls {
+		scheme = "wss://"
+	}
+	return scheme + net.JoinHostPort(host, port) + path, nil
+}
+
+// tlsConfig is the client side of TLS from -ca, -cert and -key; nil when
+// none is set (the system's roots).
+func (f *connFlags) tlsConfig() (*tls.Config, error) {
+	if f.ca == "" && f.cert == "" && f.key == "" {
+		return nil, nil
+	}
+	if (f.cert == "") != (f.key == "") {
+		return nil, f.usage("-cert and -cert-key go together: the client certificate and its private key")
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.ca != "" {
+		pem, err := os.ReadFile(f.ca)
+		if err != nil {
+			return nil, fmt.Errorf("read -ca: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-ca %s holds no PEM certificate", f.ca)
+		}
+	}
+	if f.cert != "" {
+		pair, err := tls.LoadX509KeyPair(f.cert, f.key)
+		if err != nil {
+			return nil, fmt.Errorf("load -cert and -cert-key: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
 }
 
 // check validates the flags every command shares.
@@ -151,6 +196,15 @@ func (f *connFlags) dial(ctx context.Context, o client.Options, stderr io.Writer
 	if err != nil {
 		return nil, "", err
 	}
+	tc, err := f.tlsConfig()
+	if err != nil {
+		return nil, "", err
+	}
+	if tc != nil {
+		d := *websocket.DefaultDialer
+		d.TLSClientConfig = tc
+		o.Dialer = &d
+	}
 	o.ID, o.Tags = f.id, splitCommaList(f.tags)
 	if f.token != "" {
 		o.Header = http.Header{"Authorization": {"Bearer " + f.token}}
@@ -168,6 +222,8 @@ func (f *connFlags) dial(ctx context.Context, o client.Options, stderr io.Writer
 		return nil, "", fmt.Errorf("the instance at %s refused the token (check -token or SLIPSTREAM_TOKEN)", url)
 	case errors.As(err, &de) && de.StatusCode != 0:
 		return nil, "", fmt.Errorf("%s answered HTTP %s: is -url the websocket_server's address and path?", url, de.Status)
+	case errors.As(err, &de) && strings.Contains(de.Err.Error(), "certificate"):
+		return nil, "", fmt.Errorf("TLS with %s failed: %v: pass -ca with the CA that signed the instance's certificate, and -cert/-cert-key if it asks for a client certificate", url, de.Err)
 	case errors.As(err, &de):
 		return nil, "", fmt.Errorf("cannot connect to %s: %v: is the instance running? set -url (or -config)", url, de.Err)
 	case errors.As(err, &refused):
@@ -310,7 +366,8 @@ func requestFailed(m *slipstream.Message, timeout time.Duration, err error) erro
 			who += fmt.Sprintf(" and tags matching -target %s", strings.Join(m.TargetedTags, ","))
 		}
 		return fmt.Errorf("no answer to %s within %s: %s replied; check -target, or raise -timeout", what, timeout, who)
-	case errors.As(err, &refused) && refused.Code == slipstream.CodeForbidden && m.Type == slipstream.TypeCMD:
+	case errors.As(err, &refused) && refused.Code == slipstream.CodeForbidden && m.Type == slipstream.TypeCMD &&
+		!strings.Contains(refused.Text, "allow_commands"):
 		return fmt.Errorf("the instance refused %s: %s (forbidden): slipstream.* commands need allow_commands on the listener of -url", what, refused.Text)
 	case errors.As(err, &refused):
 		return fmt.Errorf("the instance refused %s: %s (%s)", what, refused.Text, refused.Code)
