@@ -59,7 +59,7 @@ ensure_jaeger() {
   fi
   if [ ! -x "$bin" ] || [ tools/jaeger/go.sum -nt "$bin" ]; then
     echo "jaeger: building $bin (about 6 minutes the first time)"
-    (cd tools/jaeger && go build -o bin/jaeger github.com/jaegertracing/jaeger/cmd/jaeger)
+    (cd tools/jaeger && go build -buildvcs=false -o bin/jaeger github.com/jaegertracing/jaeger/cmd/jaeger)
   fi
   export SLIPSTREAM_JAEGER="$PWD/$bin"
   echo "jaeger: $SLIPSTREAM_JAEGER"
