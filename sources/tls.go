@@ -37,7 +37,7 @@ type ServerTLS struct {
 	MinVersion     string        `hcl:"min_version,optional" doc:"lowest TLS version accepted: \"1.2\" (default) or \"1.3\"; TLS 1.3 is chosen whenever both sides support it"`
 	Identity       string        `hcl:"identity,optional" doc:"with client_ca_file: where the link id of a client comes from: none (default: HELLO or ?id=), cn (the subject common name), dns, uri or email (the certificate's first SAN of that kind). A HELLO or ?id= claiming another id is refused"`
 	IdentityMap    []IdentityMap `hcl:"identity_map,block" doc:"certificate name (as chosen by identity) to link id; when any is set, names without one are refused with HTTP 403"`
-	ReloadInterval time.Duration `hcl:"reload_interval,optional" doc:"how often the files are checked for changes (mtime and size) and re-read; they are also re-read on SIGHUP (default \"5s\")"`
+	ReloadInterval time.Duration `hcl:"reload_interval,optional" doc:"how often the files are checked for changes (mtime and size) and re-read; they are also re-read on SIGHUP; 0 (the default) means every 5s"`
 }
 
 // IdentityMap is an `identity_map "NAME" { id = "ID" }` block of a
@@ -117,7 +117,7 @@ type PeerTLS struct {
 	KeyFile            string        `hcl:"key_file,optional" doc:"PEM key of cert_file"`
 	ServerName         string        `hcl:"server_name,optional" doc:"name to verify the peer's certificate against (default: the URL's host)"`
 	InsecureSkipVerify bool          `hcl:"insecure_skip_verify,optional" doc:"do not verify the peer's certificate at all (tests only: anyone on the path can impersonate the peer); warned about at start"`
-	ReloadInterval     time.Duration `hcl:"reload_interval,optional" doc:"how often ca_file, cert_file and key_file are checked for changes and re-read for the next dial; also on SIGHUP (default \"5s\")"`
+	ReloadInterval     time.Duration `hcl:"reload_interval,optional" doc:"how often ca_file, cert_file and key_file are checked for changes and re-read for the next dial; also on SIGHUP; 0 (the default) means every 5s"`
 }
 
 // Validate implements pipeline.Validator; field names are relative to the
