@@ -122,6 +122,11 @@ func dial(t *testing.T, url string) *wsClient {
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}
+	return newWSClient(t, conn)
+}
+
+// newWSClient reads conn's frames into a wsClient, closed at cleanup.
+func newWSClient(t *testing.T, conn *websocket.Conn) *wsClient {
 	c := &wsClient{t: t, conn: conn, in: make(chan []byte, 4096)}
 	go func() {
 		defer close(c.in)

@@ -25,60 +25,17 @@ import (
 // Tests of TLS and mutual TLS (docs/tls.md) against real instances over
 // loopback: every certificate is made at run time by internal/testcerts.
 
-// tlsHCL is the default pipeline of instance id with serverTLS as the
-// listener's tls block body and, when peers is not empty, a
-// websocket_client with those peer blocks.
+// tlsHCL is instanceHCL with serverTLS as the body of the listener's tls
+// block and, when peers is not empty, a websocket_client with those peer
+// blocks.
 func tlsHCL(id, dataDir, serverTLS, peers string) string {
-	client, ref := "", ""
-	if peers != "" {
-		client = fmt.Sprintf(`
-source "websocket_client" "peers" {
-%s
-  retry {
-    interval     = "20ms"
-    max_interval = "200ms"
-    attempts     = 0
-    cooldown     = "1s"
-  }
-}
-`, peers)
-		ref = ", source.websocket_client.peers"
+	hcl := instanceHCL(id, dataDir, "tls {\n"+serverTLS+"\n  }")
+	if peers == "" {
+		return hcl
 	}
-	return fmt.Sprintf(`
-instance {
-  id       = %q
-  tags     = [%q]
-  data_dir = %q
-}
-admin {
-  listen = "127.0.0.1:0"
-}
-source "websocket_server" "ingress" {
-  listen       = "127.0.0.1:0"
-  default_tags = ["local"]
-  tls {
-%s
-  }
-}
-%s
-pipeline "sync" {
-  sources = [source.websocket_server.ingress%s]
-  stage "decode" {}
-  stage "loop_check" {}
-  stage "dedup" {
-    window = "1h"
-  }
-  stage "tag_filter" {}
-  stage "persist" {}
-  stage "ack" {}
-  stage "fanout" {}
-  sinks = [sink.websocket.links]
-}
-sink "websocket" "links" {
-  ack_timeout  = "300ms"
-  max_attempts = 5
-}
-`, id, id, dataDir, serverTLS, client, ref)
+	hcl = strings.Replace(hcl, "sources = [source.websocket_server.ingress]",
+		"sources = [source.websocket_server.ingress, source.websocket_client.peers]", 1)
+	return hcl + fmt.Sprintf("source \"websocket_client\" \"peers\" {\n%s  retry {\n    interval = \"20ms\"\n    attempts = 0\n  }\n}\n", peers)
 }
 
 // pki is a CA and the files of the certificates issued for a test.
@@ -143,19 +100,7 @@ func dialTLS(t *testing.T, url string, cfg *tls.Config) *wsClient {
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}
-	c := &wsClient{t: t, conn: conn, in: make(chan []byte, 4096)}
-	go func() {
-		defer close(c.in)
-		for {
-			_, b, err := conn.ReadMessage()
-			if err != nil {
-				return
-			}
-			c.in <- b
-		}
-	}()
-	t.Cleanup(func() { c.close() })
-	return c
+	return newWSClient(t, conn)
 }
 
 // tryTLS dials url with cfg; the error says why it failed.
