@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/redisconn"
 	"github.com/slipstream-sync/slipstream/internal/store"
 	"github.com/slipstream-sync/slipstream/internal/telemetry"
 	"github.com/slipstream-sync/slipstream/pipeline"
@@ -30,8 +31,8 @@ func (c *RedisConfig) Validate() error {
 	if c.URL == "" {
 		return &pipeline.FieldError{Field: "url", Err: errors.New(`required, e.g. "redis://127.0.0.1:6379/0"`)}
 	}
-	if _, err := redis.ParseURL(c.URL); err != nil {
-		return &pipeline.FieldError{Field: "url", Err: fmt.Errorf("%v; write redis://host:port/db or rediss://host:port/db", err)}
+	if _, err := redisconn.ParseURL(c.URL); err != nil {
+		return &pipeline.FieldError{Field: "url", Err: err}
 	}
 	return nil
 }
@@ -104,14 +105,12 @@ type redisMetrics struct {
 // NewRedis builds the sink (what the kind's Build does). It does not
 // connect: Start does.
 func NewRedis(cfg RedisConfig, bc *pipeline.BuildContext) (*Redis, error) {
-	opts, err := redis.ParseURL(cfg.URL)
+	client, err := redisconn.New(cfg.URL, 5*time.Second) // the worker retries, after a resync
 	if err != nil {
 		return nil, fmt.Errorf("url: %w", err)
 	}
-	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = 2*time.Second, 5*time.Second, 5*time.Second
-	opts.MaxRetries = -1 // the worker retries, after a resync
 	name := strings.TrimPrefix(bc.Name, "redis.")
-	r := &Redis{cfg: cfg, name: name, store: bc.Store, client: redis.NewClient(opts), log: bc.Logger,
+	r := &Redis{cfg: cfg, name: name, store: bc.Store, client: client, log: bc.Logger,
 		pending: map[string]struct{}{}, tombTTL: DefaultRedisTombstoneTTL, wake: make(chan struct{}, 1),
 		backoffMin: 100 * time.Millisecond, backoffMax: 10 * time.Second}
 	if r.log == nil {

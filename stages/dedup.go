@@ -3,23 +3,42 @@ package stages
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 
+	"github.com/slipstream-sync/slipstream/internal/redisconn"
 	"github.com/slipstream-sync/slipstream/internal/store"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
 // DedupConfig configures dedup.
 type DedupConfig struct {
-	Window time.Duration `hcl:"window,optional" doc:"how long a (clusterGroupId, messageId) is remembered; copies arriving within it are ACKed and dropped"`
+	Window   time.Duration `hcl:"window,optional" doc:"how long a (clusterGroupId, messageId) is remembered; copies arriving within it are ACKed and dropped"`
+	Store    string        `hcl:"store,optional" doc:"badger: this instance's window only; redis: also one window shared by every instance of the cluster group (instance.cluster_group) in redis_url, so a message sent to several of them is delivered once (see docs/redis.md)"`
+	RedisURL string        `hcl:"redis_url,optional" doc:"the cluster group's Redis (store = \"redis\"): redis://host:port/db, or rediss:// for TLS"`
+
+	// claims is the cluster group's Redis, made by dedup's Build and used
+	// by persist's post-commit claim (stages/claim.go); dedup closes it.
+	claims *claimer
 }
 
 // Validate implements pipeline.Validator.
 func (c *DedupConfig) Validate() error {
-	if c.Window < time.Second {
+	switch {
+	case c.Window < time.Second:
 		return &pipeline.FieldError{Field: "window", Err: errors.New("must be at least 1s")}
+	case c.Store != "badger" && c.Store != "redis":
+		return &pipeline.FieldError{Field: "store", Err: fmt.Errorf("must be badger or redis, got %q", c.Store)}
+	case c.Store == "redis" && c.RedisURL == "":
+		return &pipeline.FieldError{Field: "redis_url", Err: errors.New(`required when store = "redis"`)}
+	case c.Store == "redis":
+		if _, err := redisconn.ParseURL(c.RedisURL); err != nil {
+			return &pipeline.FieldError{Field: "redis_url", Err: err}
+		}
+	case c.RedisURL != "":
+		return &pipeline.FieldError{Field: "redis_url", Err: errors.New(`only used with store = "redis"; set store = "redis" or remove it`)}
 	}
 	return nil
 }
@@ -28,11 +47,20 @@ func init() {
 	pipeline.Register(pipeline.Kind{
 		Class:     pipeline.ClassStage,
 		Name:      "dedup",
-		Summary:   "Marks a data message whose (clusterGroupId, messageId) was stored within the window, or that repeats an earlier message of the same batch, as a duplicate: it is ACKed and not delivered again. The markers are written by persist, in the same transaction as the message, with the window as their TTL.",
-		Example:   "stage \"dedup\" {\n  window = \"24h\"\n}\n",
-		NewConfig: func() any { return &DedupConfig{Window: 24 * time.Hour} },
+		Summary:   "Marks a data message whose (clusterGroupId, messageId) was stored within the window, or that repeats an earlier message of the same batch, as a duplicate: it is ACKed and not delivered again. The markers are written by persist, in the same transaction as the message, with the window as their TTL. With store = \"redis\", the instances of a cluster group also share one window in Redis: persist claims each message there after its commit, and a message another instance claimed first is ACKed but not delivered by this one; Redis unreachable means local dedup only (never a lost message).",
+		Example:   "stage \"dedup\" {\n  window    = \"24h\"\n  store     = \"redis\"\n  redis_url = \"redis://127.0.0.1:6379/0\"\n}\n",
+		NewConfig: func() any { return &DedupConfig{Window: 24 * time.Hour, Store: "badger"} },
 		Build: func(cfg any, bc *pipeline.BuildContext) (any, error) {
-			return &Dedup{db: bc.Store.DB()}, nil
+			dc := cfg.(*DedupConfig)
+			d := &Dedup{db: bc.Store.DB()}
+			if dc.Store == "redis" {
+				c, err := newClaimer(dc, bc)
+				if err != nil {
+					return nil, err
+				}
+				dc.claims, d.claims = c, c
+			}
+			return d, nil
 		},
 	})
 }
@@ -41,14 +69,27 @@ func init() {
 // the check inside its write transaction, which is what makes a copy that is
 // still between the two stages a duplicate too.
 type Dedup struct {
-	db   *badger.DB
-	seen map[string]struct{}
+	db     *badger.DB
+	seen   map[string]struct{}
+	claims *claimer // store = "redis": the cluster group's claims; nil otherwise
 }
 
-var _ pipeline.Stage = (*Dedup)(nil)
+var (
+	_ pipeline.Stage  = (*Dedup)(nil)
+	_ pipeline.Closer = (*Dedup)(nil)
+)
 
-// Process implements pipeline.Stage.
-func (d *Dedup) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pipeline.Envelope, error) {
+// Close implements pipeline.Closer.
+func (d *Dedup) Close() error {
+	if d.claims != nil {
+		return d.claims.Close()
+	}
+	return nil
+}
+
+// Process implements pipeline.Stage. With store = "redis", the messages
+// that are new here are then checked against the cluster group's claims.
+func (d *Dedup) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*pipeline.Envelope, error) {
 	if d.seen == nil {
 		d.seen = make(map[string]struct{}, len(batch))
 	}
@@ -72,6 +113,9 @@ func (d *Dedup) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pipel
 		case !errors.Is(err, badger.ErrKeyNotFound):
 			return nil, err
 		}
+	}
+	if d.claims != nil {
+		d.claims.check(ctx, batch)
 	}
 	return batch, nil
 }

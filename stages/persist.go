@@ -38,9 +38,9 @@ func init() {
 				p.state = w
 			}
 			if dc, ok := bc.StageConfigs["dedup"].(*DedupConfig); ok {
-				p.window = dc.Window
+				p.window, p.claims = dc.Window, dc.claims
 			}
-			return p, nil
+			return p, bindStateMirrors(bc)
 		},
 	})
 }
@@ -55,7 +55,10 @@ type Persist struct {
 	// state, when the pipeline has a state stage, applies SK/SA/SW to the
 	// replicated state in the same transaction (see stages/state.go).
 	state *stateWriter
-	seen  map[string]struct{}
+	// claims, with dedup's store = "redis", claims the committed messages
+	// for this instance in the cluster group's Redis (stages/claim.go).
+	claims *claimer
+	seen   map[string]struct{}
 }
 
 var _ pipeline.Stage = (*Persist)(nil)
@@ -66,7 +69,7 @@ var _ pipeline.Stage = (*Persist)(nil)
 // was committed fails the batch; a failure after a partial commit marks the
 // messages that were not committed Failed (no ACK: their senders
 // retransmit) and passes the committed ones on.
-func (p *Persist) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pipeline.Envelope, error) {
+func (p *Persist) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*pipeline.Envelope, error) {
 	if p.seen == nil {
 		p.seen = make(map[string]struct{}, len(batch))
 	}
@@ -74,7 +77,7 @@ func (p *Persist) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pip
 	maxCount, maxSize := p.db.MaxBatchCount()*9/10, p.db.MaxBatchSize()*9/10
 	txn := p.db.NewTransaction(true)
 	defer func() { txn.Discard() }()
-	var pending []*pipeline.Envelope // in txn, not yet committed
+	var pending, done []*pipeline.Envelope // in txn, not yet committed; committed
 	var count, size int64
 	committed := false
 	commit := func() error {
@@ -82,7 +85,7 @@ func (p *Persist) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pip
 			return fmt.Errorf("commit: %w", err)
 		}
 		committed = true
-		pending = pending[:0]
+		done, pending = append(done, pending...), pending[:0]
 		txn, count, size = p.db.NewTransaction(true), 0, 0
 		return nil
 	}
@@ -158,6 +161,10 @@ func (p *Persist) Process(_ context.Context, batch []*pipeline.Envelope) ([]*pip
 		if err := txn.Commit(); err != nil {
 			return fail(fmt.Errorf("commit: %w", err))
 		}
+		done = append(done, pending...)
+	}
+	if p.claims != nil {
+		p.claims.afterCommit(ctx, done)
 	}
 	return batch, nil
 }

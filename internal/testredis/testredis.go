@@ -17,6 +17,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
+
+	"github.com/slipstream-sync/slipstream/internal/redisconn"
 )
 
 // Server is one redis-server subprocess.
@@ -84,7 +86,10 @@ func (s *Server) Addr() string { return "127.0.0.1:" + strconv.Itoa(s.Port) }
 
 // Client returns a go-redis client of the server, closed when the test ends.
 func (s *Server) Client() *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: time.Second})
+	c, err := redisconn.New(s.URL(), 2*time.Second)
+	if err != nil {
+		s.t.Fatal(err)
+	}
 	s.t.Cleanup(func() { _ = c.Close() })
 	return c
 }
@@ -113,7 +118,10 @@ func (s *Server) Restart() {
 	done := make(chan struct{})
 	go waitExit(cmd, done)
 	s.cmd, s.done = cmd, done
-	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	c, err := redisconn.New(s.URL(), 500*time.Millisecond)
+	if err != nil {
+		s.t.Fatal(err)
+	}
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
