@@ -218,9 +218,6 @@ func (s *Server) AllowCommands() bool { return s.cfg.AllowCommands }
 // in the kernel's backlog until Run serves them. Called once by the runner.
 func (s *Server) Start(context.Context) error {
 	_, err := s.listen()
-	if err == nil && s.tls != nil {
-		s.tls.start()
-	}
 	return err
 }
 
@@ -241,6 +238,9 @@ func (s *Server) listen() (net.Listener, error) {
 		return nil, fmt.Errorf("websocket_server: %w", err)
 	}
 	s.ln = ln
+	if s.tls != nil {
+		s.tls.start() // watch the certificate files while listening
+	}
 	s.log.Info("listening for WebSocket connections", "addr", ln.Addr().String(), "path", s.cfg.Path)
 	return ln, nil
 }
