@@ -21,6 +21,7 @@ type metrics struct {
 	out        *prometheus.CounterVec   // type, link, outcome (sent|redelivered|acked|dead_lettered)
 	rtt        *prometheus.HistogramVec // link
 	age        *prometheus.HistogramVec // point (telemetry.NewMessageAge)
+	delivered  prometheus.Observer      // age{point="delivered"}
 	outboxes   *outboxGauges            // slipstream_outbox_depth, slipstream_outbox_oldest_seconds
 }
 
@@ -47,6 +48,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		outboxes: newOutboxGauges(),
 	}
 	if reg == nil {
+		m.delivered = m.age.WithLabelValues(telemetry.AgeDelivered)
 		return m, nil
 	}
 	var err error
@@ -65,6 +67,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if m.age, err = telemetry.RegisterShared(reg, m.age); err != nil {
 		return nil, err
 	}
+	m.delivered = m.age.WithLabelValues(telemetry.AgeDelivered)
 	if m.outboxes, err = telemetry.RegisterShared(reg, m.outboxes); err != nil {
 		return nil, err
 	}

@@ -100,7 +100,7 @@ func (o *Outbox) delivered(e *entry, now time.Time) {
 		}
 		w.rtt.Observe(now.Sub(e.sentAt).Seconds())
 	}
-	telemetry.ObserveAge(o.s.m.age.WithLabelValues(telemetry.AgeDelivered), e.timestamp, now)
+	telemetry.ObserveAge(o.s.m.delivered, e.timestamp, now)
 }
 
 func (w *writer) init() {
