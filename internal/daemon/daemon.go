@@ -84,9 +84,10 @@ func New(cfg *pipeline.Config, o Options) (in *Instance, err error) {
 		in.log = o.Logger
 	}
 	in.log = in.log.With("instance", cfg.Instance.ID)
+	built := in // `return nil, err` clears in before this runs
 	defer func() {
 		if err != nil {
-			in.closeAll(context.Background())
+			built.closeAll(context.Background())
 		}
 	}()
 
