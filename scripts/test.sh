@@ -65,6 +65,36 @@ ensure_jaeger() {
   echo "jaeger: $SLIPSTREAM_JAEGER"
 }
 
+# redis-server (Debian package redis-server): the redis sink and cluster-group
+# dedup tests start their own servers on free loopback ports (--save ''), so
+# the package's system service is not needed and is stopped if it started.
+ensure_redis() {
+  if command -v redis-server >/dev/null 2>&1; then
+    echo "redis-server: $(command -v redis-server)"
+    return
+  fi
+  echo "redis-server: installing the Debian package redis-server"
+  apt_install redis-server
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet redis-server 2>/dev/null; then
+    systemctl stop redis-server || true
+  fi
+  command -v redis-server >/dev/null
+}
+
+# Node.js and the npm ws package of test/node (the Node protocol client test),
+# installed from test/node/package-lock.json when node_modules is missing.
+ensure_node_ws() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "node: installing the Debian packages nodejs and npm"
+    apt_install nodejs npm
+  fi
+  if [ ! -f test/node/node_modules/ws/package.json ]; then
+    echo "node ws: npm ci --prefix test/node"
+    npm ci --prefix test/node --no-audit --no-fund
+  fi
+  echo "node: $(command -v node) $(node --version), ws $(node -p 'require("./test/node/node_modules/ws/package.json").version')"
+}
+
 step "go version"
 go version
 
@@ -74,6 +104,8 @@ go mod download
 step "tools the tests need"
 ensure_promtool
 ensure_jaeger
+ensure_redis
+ensure_node_ws
 export SLIPSTREAM_REQUIRE_TOOLS=1
 
 step "gofmt"
