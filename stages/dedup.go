@@ -45,10 +45,11 @@ func (c *DedupConfig) Validate() error {
 
 func init() {
 	pipeline.Register(pipeline.Kind{
-		Class:     pipeline.ClassStage,
-		Name:      "dedup",
-		Summary:   "Marks a data message whose (clusterGroupId, messageId) was stored within the window, or that repeats an earlier message of the same batch, as a duplicate: it is ACKed and not delivered again. The markers are written by persist, in the same transaction as the message, with the window as their TTL. With store = \"redis\", the instances of a cluster group also share one window in Redis: persist claims each message there after its commit, and a message another instance claimed first is ACKed but not delivered by this one; Redis unreachable means local dedup only (never a lost message).",
-		Example:   "stage \"dedup\" {\n  window    = \"24h\"\n  store     = \"redis\"\n  redis_url = \"redis://127.0.0.1:6379/0\"\n}\n",
+		Class:   pipeline.ClassStage,
+		Name:    "dedup",
+		Summary: "Marks a data message whose (clusterGroupId, messageId) was stored within the window, or that repeats an earlier message of the same batch, as a duplicate: it is ACKed and not delivered again. The markers are written by persist, in the same transaction as the message, with the window as their TTL. With store = \"redis\", the instances of a cluster group also share one window in Redis: persist claims each message there after its commit, and a message another instance claimed first is ACKed but not delivered by this one; Redis unreachable means local dedup only (never a lost message).",
+		Example: "stage \"dedup\" {\n  window = \"24h\"\n  # store     = \"redis\"                     # one window shared by the cluster group\n" +
+			"  # redis_url = \"redis://127.0.0.1:6379/0\"\n}\n",
 		NewConfig: func() any { return &DedupConfig{Window: 24 * time.Hour, Store: "badger"} },
 		Build: func(cfg any, bc *pipeline.BuildContext) (any, error) {
 			dc := cfg.(*DedupConfig)
