@@ -18,45 +18,8 @@ import (
 // clusterHCL is the default pipeline of instance id of cluster group cg,
 // deduplicating through the Redis at redisURL.
 func clusterHCL(id, cg, dir, redisURL string) string {
-	return fmt.Sprintf(`
-instance {
-  id            = %q
-  cluster_group = %q
-  tags          = ["local"]
-  data_dir      = %q
-}
-admin {
-  listen = "127.0.0.1:0"
-}
-log {
-  level = "error"
-}
-source "websocket_server" "ingress" {
-  listen       = "127.0.0.1:0"
-  default_tags = ["local"]
-}
-pipeline "sync" {
-  sources = [source.websocket_server.ingress]
-  stage "decode" {}
-  stage "loop_check" {}
-  stage "dedup" {
-    window    = "1h"
-    store     = "redis"
-    redis_url = %q
-  }
-  stage "tag_filter" {}
-  stage "persist" {}
-  stage "ack" {}
-  stage "state" {}
-  stage "command" {}
-  stage "fanout" {}
-  sinks = [sink.websocket.links]
-}
-sink "websocket" "links" {
-  ack_timeout  = "2s"
-  max_attempts = 0
-}
-`, id, cg, dir, redisURL)
+	hcl := replaceOnce(defaultPipelineHCL(id, dir, ""), "instance {\n", fmt.Sprintf("instance {\n  cluster_group = %q\n", cg))
+	return replaceOnce(hcl, `window = "1h"`, fmt.Sprintf("window    = \"1h\"\n    store     = \"redis\"\n    redis_url = %q", redisURL))
 }
 
 // sendToBoth publishes k SKs with ids <prefix>-NNN to both instances at
@@ -98,6 +61,20 @@ func receivedBy(cs ...*meshClient) map[string]int {
 	return total
 }
 
+// waitReceived waits until the receiver's connections got every id.
+func waitReceived(t *testing.T, ids []string, cs ...*meshClient) {
+	t.Helper()
+	checkFor(t, 15*time.Second, 10*time.Millisecond, func() error {
+		got := receivedBy(cs...)
+		for _, id := range ids {
+			if got[id] == 0 {
+				return fmt.Errorf("%s not received", id)
+			}
+		}
+		return nil
+	})
+}
+
 func TestClusterGroupSharedDedup(t *testing.T) {
 	srv := testredis.Start(t)
 	dir := t.TempDir()
@@ -109,15 +86,7 @@ func TestClusterGroupSharedDedup(t *testing.T) {
 	txA, txB := newMeshClient(t, a, "sender"), newMeshClient(t, b, "sender")
 
 	ids := sendToBoth(t, txA, txB, "m", 200)
-	checkFor(t, 15*time.Second, 10*time.Millisecond, func() error {
-		got := receivedBy(rxA, rxB)
-		for _, id := range ids {
-			if got[id] == 0 {
-				return fmt.Errorf("%s not received", id)
-			}
-		}
-		return nil
-	})
+	waitReceived(t, ids, rxA, rxB)
 	settle := time.Now().Add(500 * time.Millisecond)
 	for time.Now().Before(settle) {
 		for id, n := range receivedBy(rxA, rxB) {
@@ -135,52 +104,16 @@ func TestClusterGroupSharedDedup(t *testing.T) {
 	// duplicates the cluster group could not remove.
 	srv.Stop()
 	down := sendToBoth(t, txA, txB, "down", 50)
-	checkFor(t, 15*time.Second, 10*time.Millisecond, func() error {
-		got := receivedBy(rxA, rxB)
-		for _, id := range down {
-			if got[id] == 0 {
-				return fmt.Errorf("%s lost while Redis was down", id)
-			}
-		}
-		return nil
-	})
+	waitReceived(t, down, rxA, rxB)
 	dups := 0
 	for _, id := range down {
 		dups += receivedBy(rxA, rxB)[id] - 1
 	}
 	t.Logf("with Redis down: 50 messages, all received, %d duplicates", dups)
 	for _, in := range []*testInstance{a, b} {
-		if n := counterValue(t, in, "slipstream_dedup_redis_total", map[string]string{"op": "claim", "outcome": "unavailable"}); n == 0 {
+		if n := faultCounter(t, &faultInstance{testInstance: in}, "slipstream_dedup_redis_total",
+			map[string]string{"op": "claim", "outcome": "unavailable"}); n == 0 {
 			t.Fatal("no claim counted unavailable while Redis was down")
 		}
 	}
-}
-
-// counterValue sums the series of a counter whose labels include want.
-func counterValue(t *testing.T, in *testInstance, name string, want map[string]string) float64 {
-	t.Helper()
-	mfs, err := in.Metrics().Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue next
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	return sum
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -15,46 +16,20 @@ import (
 // test/node/protocol.mjs sends SK, SA, GK and CMD, ACKs its deliveries and
 // checks every ACK and reply.
 
-// nodeHCL is the default pipeline (all nine stages) on free loopback ports,
-// its listener allowed to issue slipstream.* commands.
-func nodeHCL(dir string) string {
-	return fmt.Sprintf(`
-instance {
-  id       = "node-host-1"
-  tags     = ["local"]
-  data_dir = %q
+// defaultPipelineHCL is instanceHCL with the state and command stages: the
+// default pipeline's nine stages. listener is added to the listener block.
+func defaultPipelineHCL(id, dir, listener string) string {
+	return replaceOnce(instanceHCL(id, dir, listener), `stage "fanout" {}`,
+		"stage \"state\" {}\n  stage \"command\" {}\n  stage \"fanout\" {}")
 }
-admin {
-  listen = "127.0.0.1:0"
-}
-log {
-  level = "warn"
-}
-source "websocket_server" "ingress" {
-  listen         = "127.0.0.1:0"
-  default_tags   = ["local"]
-  allow_commands = true
-}
-pipeline "sync" {
-  sources = [source.websocket_server.ingress]
-  stage "decode" {}
-  stage "loop_check" {}
-  stage "dedup" {
-    window = "1h"
-  }
-  stage "tag_filter" {}
-  stage "persist" {}
-  stage "ack" {}
-  stage "state" {}
-  stage "command" {}
-  stage "fanout" {}
-  sinks = [sink.websocket.links]
-}
-sink "websocket" "links" {
-  ack_timeout  = "2s"
-  max_attempts = 5
-}
-`, dir)
+
+// replaceOnce replaces the one occurrence of old in s, and panics when s
+// does not hold it (a config helper out of step with another).
+func replaceOnce(s, old, repl string) string {
+	if !strings.Contains(s, old) {
+		panic(fmt.Sprintf("%q not found in the config", old))
+	}
+	return strings.Replace(s, old, repl, 1)
 }
 
 // nodeTool skips the test (or fails it when SLIPSTREAM_REQUIRE_TOOLS is set)
@@ -79,7 +54,7 @@ func TestNodeWSClient(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "ws", "package.json")); err != nil {
 		nodeTool(t, "the npm ws package is not installed: run npm ci --prefix test/node")
 	}
-	in := startInstance(t, nodeHCL(t.TempDir()))
+	in := startInstance(t, defaultPipelineHCL("node-host-1", t.TempDir(), "allow_commands = true"))
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

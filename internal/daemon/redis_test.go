@@ -32,11 +32,7 @@ import (
 // withRedisSink adds a redis sink mirroring into url to an instance config
 // whose pipeline lists only the websocket sink.
 func withRedisSink(hcl, url string) string {
-	const sinks = "sinks = [sink.websocket.links]"
-	if !strings.Contains(hcl, sinks) {
-		panic("config has no websocket-only sinks list")
-	}
-	return strings.Replace(hcl, sinks, "sinks = [sink.websocket.links, sink.redis.mirror]", 1) +
+	return replaceOnce(hcl, "sinks = [sink.websocket.links]", "sinks = [sink.websocket.links, sink.redis.mirror]") +
 		fmt.Sprintf("\nsink \"redis\" \"mirror\" {\n  url = %q\n}\n", url)
 }
 
