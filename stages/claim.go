@@ -120,7 +120,7 @@ func (c *claimer) result(err error) {
 	}
 }
 
-// data returns the accepted data envelopes of batch.
+// acceptedData returns the accepted data envelopes of batch.
 func acceptedData(batch []*pipeline.Envelope) []*pipeline.Envelope {
 	var out []*pipeline.Envelope
 	for _, e := range batch {
@@ -135,37 +135,54 @@ func acceptedData(batch []*pipeline.Envelope) []*pipeline.Envelope {
 // (dedup's early filter).
 func (c *claimer) check(ctx context.Context, batch []*pipeline.Envelope) {
 	es := acceptedData(batch)
-	if len(es) == 0 {
-		return
-	}
-	if !c.available() {
-		c.count.WithLabelValues("check", "unavailable").Add(float64(len(es)))
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, claimTimeout)
-	defer cancel()
-	pipe := c.client.Pipeline()
-	cmds := make([]*redis.StringCmd, len(es))
-	for i, e := range es {
-		cmds[i] = pipe.Get(ctx, claimKey(e.Msg.ClusterGroupID, e.Msg.MessageID))
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		c.result(err)
-		c.count.WithLabelValues("check", "unavailable").Add(float64(len(es)))
-		return
-	}
-	c.result(nil)
-	for i, e := range es {
-		o := c.outcome(cmds[i])
-		c.count.WithLabelValues("check", o).Inc()
+	outcomes := c.roundTrip(ctx, "check", es, func(ctx context.Context, pipe redis.Pipeliner, e *pipeline.Envelope) redisResult {
+		return pipe.Get(ctx, claimKey(e.Msg.ClusterGroupID, e.Msg.MessageID))
+	})
+	for i, o := range outcomes {
 		if o == "theirs" {
-			e.Status = pipeline.Duplicate
+			es[i].Status = pipeline.Duplicate
 		}
 	}
 }
 
-// outcome classifies a GET or SET ... GET answer.
-func (c *claimer) outcome(cmd interface{ Result() (string, error) }) string {
+// redisResult is a GET or SET ... GET answer: the holder of a claim.
+type redisResult interface{ Result() (string, error) }
+
+// roundTrip sends one command per envelope of es in one pipeline and
+// returns, counted under op, each one's outcome (see outcome); nil when
+// Redis failed or is paused after a failure (counted unavailable).
+func (c *claimer) roundTrip(ctx context.Context, op string, es []*pipeline.Envelope,
+	cmd func(context.Context, redis.Pipeliner, *pipeline.Envelope) redisResult) []string {
+	if len(es) == 0 {
+		return nil
+	}
+	if !c.available() {
+		c.count.WithLabelValues(op, "unavailable").Add(float64(len(es)))
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, claimTimeout)
+	defer cancel()
+	pipe := c.client.Pipeline()
+	cmds := make([]redisResult, len(es))
+	for i, e := range es {
+		cmds[i] = cmd(ctx, pipe, e)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		c.result(err)
+		c.count.WithLabelValues(op, "unavailable").Add(float64(len(es)))
+		return nil
+	}
+	c.result(nil)
+	outcomes := make([]string, len(es))
+	for i := range cmds {
+		outcomes[i] = c.outcome(cmds[i])
+		c.count.WithLabelValues(op, outcomes[i]).Inc()
+	}
+	return outcomes
+}
+
+// outcome classifies a claim's holder: new (none), ours, theirs.
+func (c *claimer) outcome(cmd redisResult) string {
 	switch v, err := cmd.Result(); {
 	case errors.Is(err, redis.Nil):
 		return "new"
@@ -182,33 +199,14 @@ func (c *claimer) outcome(cmd interface{ Result() (string, error) }) string {
 // duplicates, deleting their outbox entries in one transaction.
 func (c *claimer) afterCommit(ctx context.Context, committed []*pipeline.Envelope) {
 	es := acceptedData(committed)
-	if len(es) == 0 {
-		return
-	}
-	if !c.available() {
-		c.count.WithLabelValues("claim", "unavailable").Add(float64(len(es)))
-		return
-	}
-	cctx, cancel := context.WithTimeout(ctx, claimTimeout)
-	defer cancel()
-	pipe := c.client.Pipeline()
-	cmds := make([]*redis.StatusCmd, len(es))
-	for i, e := range es {
-		cmds[i] = pipe.SetArgs(cctx, claimKey(e.Msg.ClusterGroupID, e.Msg.MessageID), c.self,
+	outcomes := c.roundTrip(ctx, "claim", es, func(ctx context.Context, pipe redis.Pipeliner, e *pipeline.Envelope) redisResult {
+		return pipe.SetArgs(ctx, claimKey(e.Msg.ClusterGroupID, e.Msg.MessageID), c.self,
 			redis.SetArgs{Mode: "NX", Get: true, TTL: c.window})
-	}
-	if _, err := pipe.Exec(cctx); err != nil && !errors.Is(err, redis.Nil) {
-		c.result(err)
-		c.count.WithLabelValues("claim", "unavailable").Add(float64(len(es)))
-		return
-	}
-	c.result(nil)
+	})
 	var theirs []*pipeline.Envelope
-	for i, e := range es {
-		o := c.outcome(cmds[i])
-		c.count.WithLabelValues("claim", o).Inc()
+	for i, o := range outcomes {
 		if o == "theirs" {
-			theirs = append(theirs, e)
+			theirs = append(theirs, es[i])
 		}
 	}
 	if len(theirs) == 0 {

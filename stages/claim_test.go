@@ -172,35 +172,6 @@ func checkEventually(t *testing.T, fn func() error) {
 	}
 }
 
-func TestDedupRedisConfig(t *testing.T) {
-	tests := []struct{ name, hcl, wantErr string }{
-		{"badger", `stage "dedup" { store = "badger" }`, ""},
-		{"redis", `stage "dedup" {
-  store     = "redis"
-  redis_url = "redis://127.0.0.1:6379/0"
-}`, ""},
-		{"rediss", `stage "dedup" {
-  store     = "redis"
-  redis_url = "rediss://u:p@redis.example.com:6380/1"
-}`, ""},
-		{"unknown store", "stage \"dedup\" {\n  store = \"memcached\"\n}", `test.hcl:2:11: Invalid value for "store"; must be badger or redis, got "memcached"`},
-		{"redis without url", "stage \"dedup\" {\n  store = \"redis\"\n}", `test.hcl:1:1: Invalid value for "redis_url"; required when store = "redis"`},
-		{"bad url", "stage \"dedup\" {\n  store = \"redis\"\n  redis_url = \"http://x\"\n}", `test.hcl:3:15: Invalid value for "redis_url"; redis: invalid URL scheme: http; write redis://`},
-		{"url without redis store", "stage \"dedup\" {\n  redis_url = \"redis://127.0.0.1:6379/0\"\n}", `test.hcl:2:15: Invalid value for "redis_url"; only used with store = "redis"`},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got := configDiags(t, tc.hcl)
-			switch {
-			case tc.wantErr == "" && got != "":
-				t.Errorf("unexpected diagnostics:\n%s", got)
-			case tc.wantErr != "" && !strings.HasPrefix(got, tc.wantErr):
-				t.Errorf("diagnostics:\n%s\nwant one starting %q", got, tc.wantErr)
-			}
-		})
-	}
-}
-
 // mirrorSink is a sink that mirrors state (as the redis sink does).
 type mirrorSink struct{ ttl time.Duration }
 

@@ -126,6 +126,13 @@ func TestDedupConfig(t *testing.T) {
 		{"negative", "stage \"dedup\" {\n  window = \"-1h\"\n}", `test.hcl:2:12: Invalid value for "window"`},
 		{"not a duration", "stage \"dedup\" {\n  window = \"a day\"\n}", `test.hcl:2:12:`},
 		{"a number", "stage \"dedup\" {\n  window = 3600\n}", `test.hcl:2:12:`},
+		{"badger store", `stage "dedup" { store = "badger" }`, ""},
+		{"redis store", "stage \"dedup\" {\n  store     = \"redis\"\n  redis_url = \"redis://127.0.0.1:6379/0\"\n}", ""},
+		{"redis over TLS", "stage \"dedup\" {\n  store     = \"redis\"\n  redis_url = \"rediss://u:p@redis.example.com:6380/1\"\n}", ""},
+		{"unknown store", "stage \"dedup\" {\n  store = \"memcached\"\n}", `test.hcl:2:11: Invalid value for "store"; must be badger or redis, got "memcached"`},
+		{"redis without url", "stage \"dedup\" {\n  store = \"redis\"\n}", `test.hcl:1:1: Invalid value for "redis_url"; required when store = "redis"`},
+		{"bad url", "stage \"dedup\" {\n  store = \"redis\"\n  redis_url = \"http://x\"\n}", `test.hcl:3:15: Invalid value for "redis_url"; redis: invalid URL scheme: http; write redis://`},
+		{"url without the redis store", "stage \"dedup\" {\n  redis_url = \"redis://127.0.0.1:6379/0\"\n}", `test.hcl:2:15: Invalid value for "redis_url"; only used with store = "redis"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
