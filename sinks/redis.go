@@ -77,6 +77,7 @@ type Redis struct {
 
 	mu      sync.Mutex
 	pending map[string]struct{} // keys to apply
+	taken   int                 // keys the worker took and has not applied yet
 	tombTTL time.Duration
 	bound   bool // MirrorState was called (a pipeline with a state stage uses the sink)
 	started bool
@@ -174,7 +175,10 @@ func (r *Redis) Deliver(_ context.Context, batch []*pipeline.Envelope) error {
 	noted := false
 	r.mu.Lock()
 	for _, e := range batch {
-		if e.Status != pipeline.Accepted || e.Msg == nil || e.Msg.IsReply() {
+		// A duplicate that persist committed before it lost its cluster
+		// group claim (Seqs set) has changed the state too.
+		committed := e.Status == pipeline.Accepted || (e.Status == pipeline.Duplicate && e.Seqs != nil)
+		if !committed || e.Msg == nil || e.Msg.IsReply() {
 			continue
 		}
 		switch e.Msg.Type {
@@ -235,7 +239,7 @@ func (r *Redis) Close() error {
 func (r *Redis) Flush(ctx context.Context) error {
 	for {
 		r.mu.Lock()
-		n := len(r.pending)
+		n := len(r.pending) + r.taken
 		r.mu.Unlock()
 		if n == 0 && r.connected() {
 			return nil

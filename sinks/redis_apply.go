@@ -139,7 +139,9 @@ func (r *Redis) run(ctx context.Context) {
 			if ctx.Err() != nil || !fail(err) {
 				return
 			}
+			continue
 		}
+		r.applied()
 	}
 }
 
@@ -152,8 +154,17 @@ func (r *Redis) take() []string {
 		keys = append(keys, k)
 	}
 	clear(r.pending)
-	r.m.pending.Set(0)
+	r.taken = len(keys)
+	r.m.pending.Set(float64(r.taken))
 	return keys
+}
+
+// applied records that the taken keys were applied.
+func (r *Redis) applied() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.taken = 0
+	r.m.pending.Set(float64(len(r.pending)))
 }
 
 // requeue notes keys again after a failed attempt.
@@ -163,6 +174,7 @@ func (r *Redis) requeue(keys []string) {
 	for _, k := range keys {
 		r.pending[k] = struct{}{}
 	}
+	r.taken = 0
 	r.m.pending.Set(float64(len(r.pending)))
 }
 
@@ -187,6 +199,7 @@ func (r *Redis) check(ctx context.Context) error {
 // it (their records are committed before they are noted).
 func (r *Redis) resync(ctx context.Context) error {
 	r.take()
+	r.applied()
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := applyScript.Load(cctx, r.client).Err(); err != nil {

@@ -69,6 +69,14 @@ func (h *redisHarness) close() {
 // wins) and hands its envelope to the sink (as fanout does).
 func (h *redisHarness) set(typ slipstream.Type, key, value string, ts int64, id string) {
 	h.t.Helper()
+	h.setAs(pipeline.Accepted, typ, key, value, ts, id)
+}
+
+// setAs is set with the envelope's final status; a Duplicate is one that
+// persist committed and then found claimed by another instance of its
+// cluster group (Seqs set).
+func (h *redisHarness) setAs(status pipeline.Status, typ slipstream.Type, key, value string, ts int64, id string) {
+	h.t.Helper()
 	m := &slipstream.Message{Type: typ, Key: key, Value: []byte(value), Timestamp: ts, OriginInstanceID: "o1", MessageID: id}
 	rec := &store.StateRecord{Type: string(typ), Timestamp: ts, Origin: "o1", MessageID: id, Value: m.Value}
 	if typ == slipstream.TypeSK && value == "null" {
@@ -85,7 +93,11 @@ func (h *redisHarness) set(typ slipstream.Type, key, value string, ts int64, id 
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	if err := h.sink.Deliver(context.Background(), []*pipeline.Envelope{{Msg: m}}); err != nil {
+	e := &pipeline.Envelope{Msg: m, Status: status}
+	if status == pipeline.Duplicate {
+		e.Seqs = []uint64{}
+	}
+	if err := h.sink.Deliver(context.Background(), []*pipeline.Envelope{e}); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -160,6 +172,7 @@ func TestRedisSinkMirrorsState(t *testing.T) {
 	h.set(slipstream.TypeSK, "gone", `null`, 101, "m5")
 	h.set(slipstream.TypeSK, "retyped", `"s"`, 100, "m6")
 	h.set(slipstream.TypeSA, "retyped", `[1,2]`, 101, "m7")
+	h.setAs(pipeline.Duplicate, slipstream.TypeSK, "claimed-elsewhere", `true`, 100, "m8")
 	h.flush()
 	expectRedis(t, c, map[string]string{
 		"user:1":  `string {"name":"ada"}`,
@@ -167,6 +180,8 @@ func TestRedisSinkMirrorsState(t *testing.T) {
 		"weights": "zset y=30.5 x=70",
 		"gone":    "none",
 		"retyped": "list 1 2",
+		// committed, then a duplicate in its cluster group: its state changed
+		"claimed-elsewhere": "string true",
 	})
 	ctx := context.Background()
 	v, err := c.HGetAll(ctx, "slipstream:v:gone").Result()
