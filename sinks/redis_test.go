@@ -379,3 +379,33 @@ func metricValue(m prometheus.Metric) float64 {
 	}
 	return d.Gauge.GetValue()
 }
+
+// A sink that starts over a store holding state it never saw delivered (an
+// instance restarted after a crash, or a sink added to a running
+// environment) brings Redis up to date at once.
+func TestRedisSinkResyncsAtStart(t *testing.T) {
+	srv := testredis.Start(t)
+	c := srv.Client()
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent(), testredis.IgnoreLeaks())
+	h := newRedisHarness(t, srv.URL())
+	defer h.close()
+	h.sink.Close() // "crash": the writes below are committed but never delivered to a sink
+	want := map[string]string{}
+	for i := range 600 { // more than one resync page
+		key := fmt.Sprintf("k%03d", i)
+		h.setAs(pipeline.Rejected, slipstream.TypeSK, key, fmt.Sprint(i), 1, "m"+key)
+		want[key] = fmt.Sprintf("string %d", i)
+	}
+	kind, _ := pipeline.Lookup(pipeline.ClassSink, "redis")
+	part, err := kind.Build(&RedisConfig{URL: srv.URL(), KeyPrefix: "slipstream:"},
+		&pipeline.BuildContext{Name: "redis.mirror", Store: h.st, Logger: slog.New(slog.DiscardHandler), Metrics: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarted := part.(*Redis)
+	defer restarted.Close()
+	if err := restarted.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	expectRedis(t, c, want)
+}
