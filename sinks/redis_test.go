@@ -37,27 +37,36 @@ func newRedisHarness(t *testing.T, url string) *redisHarness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kind, ok := pipeline.Lookup(pipeline.ClassSink, "redis")
-	if !ok {
-		t.Fatal("redis sink kind not registered")
-	}
-	cfg := kind.NewConfig().(*RedisConfig)
-	cfg.URL = url
-	reg := prometheus.NewRegistry()
-	part, err := kind.Build(cfg, &pipeline.BuildContext{Name: "redis.mirror", Store: st,
-		Logger: slog.New(slog.DiscardHandler), Metrics: reg})
-	if err != nil {
+	h := &redisHarness{t: t, st: st, reg: prometheus.NewRegistry()}
+	if h.sink, err = startRedisSink(st, url, h.reg); err != nil {
 		st.Close()
 		t.Fatal(err)
 	}
-	h := &redisHarness{t: t, st: st, sink: part.(*Redis), reg: reg}
-	h.sink.backoffMin, h.sink.backoffMax = 20*time.Millisecond, 200*time.Millisecond
-	h.sink.MirrorState(time.Hour)
-	if err := h.sink.Start(context.Background()); err != nil {
-		h.close()
-		t.Fatal(err)
-	}
 	return h
+}
+
+// startRedisSink builds a redis sink through its kind over st, with short
+// backoffs and a 1h tombstone TTL, and starts it.
+func startRedisSink(st *store.Store, url string, reg *prometheus.Registry) (*Redis, error) {
+	kind, ok := pipeline.Lookup(pipeline.ClassSink, "redis")
+	if !ok {
+		return nil, errors.New("redis sink kind not registered")
+	}
+	cfg := kind.NewConfig().(*RedisConfig)
+	cfg.URL = url
+	part, err := kind.Build(cfg, &pipeline.BuildContext{Name: "redis.mirror", Store: st,
+		Logger: slog.New(slog.DiscardHandler), Metrics: reg})
+	if err != nil {
+		return nil, err
+	}
+	r := part.(*Redis)
+	r.backoffMin, r.backoffMax = 20*time.Millisecond, 200*time.Millisecond
+	r.MirrorState(time.Hour)
+	if err := r.Start(context.Background()); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
 }
 
 func (h *redisHarness) close() {
@@ -396,16 +405,10 @@ func TestRedisSinkResyncsAtStart(t *testing.T) {
 		h.setAs(pipeline.Rejected, slipstream.TypeSK, key, fmt.Sprint(i), 1, "m"+key)
 		want[key] = fmt.Sprintf("string %d", i)
 	}
-	kind, _ := pipeline.Lookup(pipeline.ClassSink, "redis")
-	part, err := kind.Build(&RedisConfig{URL: srv.URL(), KeyPrefix: "slipstream:"},
-		&pipeline.BuildContext{Name: "redis.mirror", Store: h.st, Logger: slog.New(slog.DiscardHandler), Metrics: prometheus.NewRegistry()})
+	restarted, err := startRedisSink(h.st, srv.URL(), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	restarted := part.(*Redis)
 	defer restarted.Close()
-	if err := restarted.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	expectRedis(t, c, want)
 }
