@@ -110,6 +110,8 @@ func findRef(cs []*Component, ref string) *Component {
 type AdminConfig struct {
 	Listen string `hcl:"listen,optional" doc:"host:port of the admin HTTP listener (/metrics, /healthz, /readyz, /v1/...)"`
 	Token  string `hcl:"token,optional" doc:"bearer token required by /v1/... when set; required when listen is not a loopback address"`
+	// ReadyPeers are peer link ids /readyz requires connected.
+	ReadyPeers []string `hcl:"ready_peers,optional" doc:"peer link ids that must be connected for /readyz to answer ready (default: none required)"`
 }
 
 // Validate checks that listen is a host:port, and that a listener reachable

@@ -372,7 +372,7 @@ func TestDefaults(t *testing.T) {
 	if cfg.Instance.ID != want.ID || cfg.Instance.ClusterGroup != want.ClusterGroup || cfg.Instance.DataDir != want.DataDir || len(cfg.Instance.Tags) != 0 {
 		t.Errorf("instance = %+v, want %+v", cfg.Instance, want)
 	}
-	if cfg.Admin != (AdminConfig{Listen: "127.0.0.1:9090"}) {
+	if cfg.Admin.Listen != "127.0.0.1:9090" || cfg.Admin.Token != "" || len(cfg.Admin.ReadyPeers) != 0 {
 		t.Errorf("admin = %+v", cfg.Admin)
 	}
 	if cfg.Log != (LogConfig{Level: "info", Format: "json"}) {

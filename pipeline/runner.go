@@ -58,6 +58,79 @@ type Runner struct {
 	startOnce sync.Once
 	stopEmit  chan struct{}
 	rounds    atomic.Uint64
+
+	statsOnce sync.Once
+	stats     []stageStats
+	tapping   atomic.Int32 // taps attached: the hook costs one load when 0
+	tapMu     sync.Mutex
+	taps      map[*tap]struct{}
+}
+
+// stageStats are a stage's counters since the runner was built.
+type stageStats struct{ processed, dropped, errors atomic.Uint64 }
+
+// StageStats is a snapshot of one stage's counters (Stats).
+type StageStats struct {
+	Stage     string `json:"stage"`
+	Processed uint64 `json:"processed"` // envelopes handed to the stage
+	Dropped   uint64 `json:"dropped"`   // envelopes it did not pass on
+	Errors    uint64 `json:"errors"`    // batches it failed
+}
+
+func (r *Runner) stageStats() []stageStats {
+	r.statsOnce.Do(func() { r.stats = make([]stageStats, len(r.Stages)) })
+	return r.stats
+}
+
+// Stats returns each stage's counters, in stage order.
+func (r *Runner) Stats() []StageStats {
+	st := r.stageStats()
+	out := make([]StageStats, len(r.Stages))
+	for i, s := range r.Stages {
+		out[i] = StageStats{Stage: s.Kind, Processed: st[i].processed.Load(), Dropped: st[i].dropped.Load(), Errors: st[i].errors.Load()}
+	}
+	return out
+}
+
+type tap struct {
+	stage string
+	fn    func(*Envelope)
+}
+
+// Tap calls fn, on the stage's goroutine, with every envelope stage passes
+// on, until the returned function is called. fn must not block nor keep the
+// envelope (later stages change it): copy what it needs and return. With no
+// tap attached the hook costs one atomic load per batch.
+func (r *Runner) Tap(stage string, fn func(*Envelope)) (stop func()) {
+	t := &tap{stage: stage, fn: fn}
+	r.tapMu.Lock()
+	if r.taps == nil {
+		r.taps = map[*tap]struct{}{}
+	}
+	r.taps[t] = struct{}{}
+	r.tapping.Add(1)
+	r.tapMu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.tapMu.Lock()
+			delete(r.taps, t)
+			r.tapping.Add(-1)
+			r.tapMu.Unlock()
+		})
+	}
+}
+
+func (r *Runner) tapOut(stage string, out []*Envelope) {
+	r.tapMu.Lock()
+	defer r.tapMu.Unlock()
+	for t := range r.taps {
+		if t.stage == stage {
+			for _, e := range out {
+				t.fn(e)
+			}
+		}
+	}
 }
 
 // Metrics are the runner's per-stage instruments, shared by all pipelines of
@@ -162,7 +235,7 @@ func (r *Runner) Run(ctx, hard context.Context) error {
 		go func() {
 			defer stagesWG.Done()
 			defer close(chans[i+1])
-			r.runStage(hard, st, chans[i], chans[i+1], i == 0, i == len(r.Stages)-1)
+			r.runStage(hard, i, st, chans[i], chans[i+1], i == 0, i == len(r.Stages)-1)
 		}()
 	}
 	// The last channel has no reader but the drain below.
@@ -209,8 +282,9 @@ func (r *Runner) Run(ctx, hard context.Context) error {
 }
 
 // runStage is one stage's loop: take a batch, process it, pass it on.
-func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelope, out chan<- *Envelope, first, last bool) {
+func (r *Runner) runStage(hard context.Context, idx int, st NamedStage, in <-chan *Envelope, out chan<- *Envelope, first, last bool) {
 	log := r.Logger.With("pipeline", r.Name, "stage", st.Kind)
+	stats := &r.stageStats()[idx]
 	m := r.Metrics
 	passed := m.Messages.WithLabelValues(r.Name, st.Kind, "passed")
 	failed := m.Messages.WithLabelValues(r.Name, st.Kind, "failed")
@@ -282,8 +356,10 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 		outBatch, err := st.Stage.Process(hard, work)
 		end := time.Now()
 		hist.Observe(end.Sub(start).Seconds())
+		stats.processed.Add(uint64(n))
 		if err != nil {
 			errs.Inc()
+			stats.errors.Add(1)
 			failed.Add(float64(n))
 			log.Error("stage failed a batch; its messages were not acknowledged", "batch", n, "err", err)
 			r.trace(st.Kind, first, batch, before, start, end, err)
@@ -296,6 +372,9 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 			continue
 		}
 		r.trace(st.Kind, first, batch, before, start, end, nil)
+		if r.tapping.Load() > 0 {
+			r.tapOut(st.Kind, outBatch)
+		}
 		kept := 0
 		for i, e := range batch {
 			if before[i] == Accepted && e.Status != Accepted {
@@ -335,6 +414,7 @@ func (r *Runner) runStage(hard context.Context, st NamedStage, in <-chan *Envelo
 		passed.Add(float64(kept))
 		if d := n - len(outBatch); d > 0 {
 			dropped.Add(float64(d))
+			stats.dropped.Add(uint64(d))
 		}
 		if closed {
 			return

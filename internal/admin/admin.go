@@ -20,10 +20,12 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,11 +47,14 @@ type Server struct {
 	log    *slog.Logger
 	token  [sha256.Size]byte // sha256 of the token; zero: none required
 	secure bool
+
+	done     chan struct{} // closed when Shutdown starts (ends streams)
+	doneOnce sync.Once
 }
 
 // New builds the admin API over the metrics gatherer g.
 func New(g prometheus.Gatherer, checks []Check, log *slog.Logger) *Server {
-	s := &Server{mux: http.NewServeMux(), checks: checks, log: log}
+	s := &Server{mux: http.NewServeMux(), checks: checks, log: log, done: make(chan struct{})}
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -143,6 +148,10 @@ func (s *Server) Listen(addr string) error {
 	return nil
 }
 
+// Done is closed when Shutdown starts: long-lived responses (streams) end
+// then, since Shutdown waits for requests in progress.
+func (s *Server) Done() <-chan struct{} { return s.done }
+
 // Addr is the bound address (nil before Listen).
 func (s *Server) Addr() net.Addr {
 	if s.ln == nil {
@@ -153,8 +162,42 @@ func (s *Server) Addr() net.Addr {
 
 // Shutdown stops the listener, waiting for requests in progress until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.doneOnce.Do(func() { close(s.done) })
 	if s.srv == nil {
 		return nil
 	}
 	return s.srv.Shutdown(ctx)
 }
+
+// ServeLogLevel serves GET /v1/log-level ({"level":"info"}) and PUT
+// /v1/log-level with {"level": "debug"|"info"|"warn"|"error"}, which
+// changes lv at once.
+func (s *Server) ServeLogLevel(lv *slog.LevelVar) {
+	s.mux.HandleFunc("GET /v1/log-level", func(w http.ResponseWriter, _ *http.Request) {
+		WriteJSON(w, http.StatusOK, map[string]string{"level": levelName(lv.Level())})
+	})
+	s.mux.HandleFunc("PUT /v1/log-level", func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Level string `json:"level"`
+		}
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&body); err != nil {
+			WriteError(w, http.StatusBadRequest, `the body must be JSON like {"level": "debug"}: `+err.Error())
+			return
+		}
+		l, ok := levels[strings.ToLower(strings.TrimSpace(body.Level))]
+		if !ok {
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("level %q is not one of debug, info, warn, error", body.Level))
+			return
+		}
+		old := lv.Level()
+		lv.Set(l)
+		s.log.Info("log level changed", "from", levelName(old), "to", levelName(l))
+		WriteJSON(w, http.StatusOK, map[string]string{"level": levelName(l)})
+	})
+}
+
+var levels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
+func levelName(l slog.Level) string { return strings.ToLower(l.String()) }

@@ -134,6 +134,9 @@ func New(cfg *pipeline.Config, o Options) (in *Instance, err error) {
 		in.admin.RequireToken(cfg.Admin.Token)
 		in.dlq.Register(in.admin)
 		in.registerState(in.admin)
+		in.registerStatus(in.admin)
+		in.registerTap(in.admin)
+		in.admin.ServeLogLevel(in.level)
 		if err := in.admin.Listen(listen); err != nil {
 			return nil, fmt.Errorf("admin listener on %s: %w", listen, err)
 		}
@@ -230,16 +233,6 @@ func (in *Instance) build() error {
 		in.runners = append(in.runners, r)
 	}
 	return nil
-}
-
-func (in *Instance) readyChecks() []admin.Check {
-	checks := []admin.Check{{Name: "store", Fn: in.store.Writable}}
-	for ref, s := range in.sources {
-		if r, ok := s.(pipeline.Readier); ok {
-			checks = append(checks, admin.Check{Name: "source " + ref, Fn: r.Ready})
-		}
-	}
-	return checks
 }
 
 // Start starts every part that has background work or listeners (so that
