@@ -76,6 +76,10 @@ Commands:
   pub       send any message (or a raw frame), print the ACK or ERR and replies
   sub       connect as a client, print each message routed to it, ACK it
   cmd       send a command (slipstream.ping, ...), print each reply
+  status    print an instance's status: links, outboxes, stage counters
+  top       live rates per stage and per link (-once: one snapshot)
+  tap       print each message leaving a stage, live (-stage NAME)
+  graph     print a config's pipelines as a graph (DOT, -format mermaid)
   docs      print the configuration reference (Markdown, from the kind registry)
   version   print the version
 
@@ -104,6 +108,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runSub(ctx, rest, stdout, stderr)
 	case "cmd":
 		return runCmd(ctx, rest, stdout, stderr)
+	case "status":
+		return runStatus(ctx, rest, stdout, stderr)
+	case "top":
+		return runTop(ctx, rest, stdout, stderr)
+	case "tap":
+		return runTap(ctx, rest, stdout, stderr)
+	case "graph":
+		return runGraph(rest, stdout, stderr)
 	case "docs":
 		return runDocs(rest, stdout)
 	case "version", "--version", "-v":
