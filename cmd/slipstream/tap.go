@@ -70,8 +70,14 @@ func runTap(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		return c.do(ctx, "GET", path, nil, nil) // words the error (404 unknown stage, 401 token)
+		var e struct {
+			Error string `json:"error"`
+		}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		if resp.StatusCode == http.StatusNotFound && json.Unmarshal(b, &e) == nil && strings.HasPrefix(e.Error, "no stage") {
+			return fmt.Errorf("%s: pass one of them with -stage (and -pipeline)", e.Error)
+		}
+		return c.do(ctx, "GET", path, nil, nil) // words the other errors (401 token, ...)
 	}
 	fmt.Fprintf(stderr, "tapping stage %s of %s; Ctrl-C to stop\n", *stage, orAll(*pipe))
 	sc := bufio.NewScanner(resp.Body)
