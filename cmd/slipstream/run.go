@@ -16,7 +16,7 @@ import (
 func runRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("c", "", "config file (default: the embedded pipelines.hcl: one local instance on 127.0.0.1:7070, data in ./data)")
+	path := fs.String("c", "", "config file (default: from the environment when URL_CONFIG or SLIPSTREAM_STORAGE_PATH is set, see docs/env.md; else the embedded pipelines.hcl: one local instance on 127.0.0.1:7070, data in ./data)")
 	grace := fs.Duration("shutdown-timeout", 15*time.Second, "how long a graceful stop may take before it becomes a hard stop")
 	if err := fs.Parse(args); err != nil {
 		return &exitCodeError{code: exitUsage}
