@@ -1,6 +1,7 @@
 // Package admin is the instance's operator HTTP API: /metrics (Prometheus),
-// /healthz (alive), /readyz (store writable, listeners up) and the /v1 API
-// (the dead-letter routes of DLQ, and those other parts add with Handle).
+// /healthz (alive), /readyz (its checks: store writable, listeners up,
+// required peers connected) and the /v1 API (the dead-letter routes of DLQ,
+// /v1/log-level of ServeLogLevel, and those other parts add with Handle).
 // It listens on loopback by default.
 //
 // When a token is set (RequireToken, from admin.token), every request to a
