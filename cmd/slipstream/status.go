@@ -99,7 +99,11 @@ func printStatus(w io.Writer, st *daemon.Status) {
 		if l.Pending > 0 {
 			oldest = age(time.Duration(l.OldestPendingSeconds * float64(time.Second)))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%d\t%s\t%s\t%s\n", l.ID, l.Kind, l.State, l.Durable, l.Pending, oldest, listOrDash(l.Tags), orDash(l.LastError))
+		state := l.State
+		if l.Dialer != "" && l.Dialer != l.State {
+			state += " (" + l.Dialer + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%d\t%s\t%s\t%s\n", l.ID, l.Kind, state, l.Durable, l.Pending, oldest, listOrDash(l.Tags), orDash(l.LastError))
 	}
 	if len(st.Links) == 0 {
 		fmt.Fprintln(tw, "(no links)")

@@ -96,6 +96,11 @@ func TestReadyPeers(t *testing.T) {
 	if !strings.Contains(failed["peer rb"], "not connected") {
 		t.Errorf("the peer check says %q", failed["peer rb"])
 	}
+	for _, l := range m.ins["ra"].Status().Links {
+		if l.ID == "rb" && (l.State != "down" || l.Kind != "peer" || !l.Durable || l.Dialer == "connected" || l.Dialer == "") {
+			t.Errorf("status of the stopped peer: %+v", l)
+		}
+	}
 	m.start("rb")
 	waitReady(t, m.ins["ra"], true, "")
 }

@@ -43,6 +43,9 @@ type LinkStatus struct {
 	Pending              int64   `json:"pending"`
 	OldestPendingSeconds float64 `json:"oldest_pending_seconds"`
 	LastError            string  `json:"last_error,omitempty"`
+	// Dialer is what this instance's dialler of a configured peer is
+	// doing (connected, connecting, backoff, cooldown, stopped).
+	Dialer string `json:"dialer,omitempty"`
 }
 
 // PipelineStatus is one pipeline's stages, in order.
@@ -75,6 +78,7 @@ func (in *Instance) Status() Status {
 		Pipelines: []PipelineStatus{},
 	}
 	depth, oldest := in.outboxGauges()
+	type dialers interface{ PeerState(id string) string }
 	for _, l := range in.links.All() {
 		ls := LinkStatus{ID: l.ID(), Kind: "client", State: "down", Tags: nonNil(l.Tags()), Durable: l.Durable(),
 			Pending: int64(depth[l.ID()]), OldestPendingSeconds: oldest[l.ID()]}
@@ -83,6 +87,11 @@ func (in *Instance) Status() Status {
 		}
 		if l.Connected() {
 			ls.State = "connected"
+		}
+		for _, src := range in.sources {
+			if d, ok := src.(dialers); ok && ls.Dialer == "" {
+				ls.Dialer = d.PeerState(l.ID())
+			}
 		}
 		st.Links = append(st.Links, ls)
 	}

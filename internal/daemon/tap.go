@@ -35,6 +35,24 @@ type TapEvent struct {
 	Dropped uint64 `json:"dropped,omitempty"`
 }
 
+// tapQueue is a tap's bounded buffer: offer never blocks; when the buffer
+// is full the event is dropped and counted.
+type tapQueue struct {
+	events  chan TapEvent
+	dropped atomic.Uint64
+}
+
+func newTapQueue(n int) *tapQueue { return &tapQueue{events: make(chan TapEvent, n)} }
+
+// offer queues ev, or counts it dropped when the queue is full.
+func (q *tapQueue) offer(ev TapEvent) {
+	select {
+	case q.events <- ev:
+	default:
+		q.dropped.Add(1)
+	}
+}
+
 func tapEvent(pipe, stage string, e *pipeline.Envelope) TapEvent {
 	ev := TapEvent{Time: time.Now().UTC().Format(time.RFC3339Nano), Pipeline: pipe, Stage: stage, Status: e.Status.String(),
 		Recipients: slices.Clone(e.Recipients)}
@@ -79,17 +97,11 @@ func (in *Instance) registerTap(s *admin.Server) {
 			admin.WriteError(w, http.StatusNotFound, fmt.Sprintf("%s; the stages are: %v", msg, known))
 			return
 		}
-		events := make(chan TapEvent, tapBuffer)
-		var dropped atomic.Uint64
+		q := newTapQueue(tapBuffer)
+		events := q.events
 		for _, rn := range runners {
 			name := rn.Name
-			stop := rn.Tap(stage, func(e *pipeline.Envelope) {
-				select {
-				case events <- tapEvent(name, stage, e):
-				default:
-					dropped.Add(1)
-				}
-			})
+			stop := rn.Tap(stage, func(e *pipeline.Envelope) { q.offer(tapEvent(name, stage, e)) })
 			defer stop()
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
@@ -115,7 +127,7 @@ func (in *Instance) registerTap(s *admin.Server) {
 					}
 				}
 			case <-tick.C:
-				d := dropped.Swap(0)
+				d := q.dropped.Swap(0)
 				if d == 0 {
 					continue
 				}
