@@ -41,44 +41,26 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, fmt.Errorf("unknown log level %q: use debug, info, warn or error", s)
 }
 
-// LinkStats is one link in the answer of slipstream.stats.
-type LinkStats struct {
-	ID        string   `json:"id"`
-	Peer      bool     `json:"peer"`
-	Connected bool     `json:"connected"`
-	Durable   bool     `json:"durable"`
-	Tags      []string `json:"tags"`
-	Pending   int      `json:"pending"`
-	Dead      int      `json:"deadLetters"`
-}
-
-// Stats is the answer of slipstream.stats.
+// Stats is the answer of slipstream.stats: the instance's status (as
+// GET /v1/status) plus its log level, the requests awaiting replies and
+// the dead letters per link.
 type Stats struct {
-	InstanceID      string      `json:"instanceId"`
-	ClusterGroupID  string      `json:"clusterGroupId"`
-	Tags            []string    `json:"tags"`
-	UptimeSeconds   float64     `json:"uptimeSeconds"`
-	LogLevel        string      `json:"logLevel"`
-	PendingRequests int         `json:"pendingRequests"`
-	Links           []LinkStats `json:"links"`
+	Status
+	LogLevel        string         `json:"log_level"`
+	PendingRequests int            `json:"pending_requests"`
+	DeadLetters     map[string]int `json:"dead_letters"`
 }
 
 // stats gathers what slipstream.stats answers.
 func (in *Instance) stats() (Stats, error) {
-	s := Stats{InstanceID: in.cfg.Instance.ID, ClusterGroupID: in.cfg.Instance.ClusterGroup, Tags: in.cfg.Instance.Tags,
-		UptimeSeconds: time.Since(in.created).Seconds(), LogLevel: strings.ToLower(in.level.Level().String()),
-		PendingRequests: in.links.Requests().Len(), Links: []LinkStats{}}
+	s := Stats{Status: in.Status(), LogLevel: strings.ToLower(in.level.Level().String()),
+		PendingRequests: in.links.Requests().Len(), DeadLetters: map[string]int{}}
 	dead, err := in.store.DLQStats("")
 	if err != nil {
 		return s, err
 	}
-	for _, l := range in.links.All() {
-		n, err := in.store.CountOutbox(l.ID())
-		if err != nil {
-			return s, err
-		}
-		s.Links = append(s.Links, LinkStats{ID: l.ID(), Peer: l.IsPeer(), Connected: l.Connected(), Durable: l.Durable(),
-			Tags: l.Tags(), Pending: n, Dead: dead[l.ID()].Count})
+	for id, d := range dead {
+		s.DeadLetters[id] = d.Count
 	}
 	return s, nil
 }
@@ -90,7 +72,7 @@ func (in *Instance) registerCommands(dlq *admin.DLQ) {
 		Run: func(context.Context, json.RawMessage) (any, error) {
 			return map[string]any{"pong": true, "instanceId": in.cfg.Instance.ID, "time": time.Now().UTC().Format(time.RFC3339Nano)}, nil
 		}})
-	c.Register(pipeline.Command{Name: "slipstream.stats", Summary: "links with their state, pending deliveries and dead letters; uptime; log level",
+	c.Register(pipeline.Command{Name: "slipstream.stats", Summary: "the instance status (as GET /v1/status: links, outboxes, per-stage counters), log level, pending requests, dead letters per link",
 		Run: func(context.Context, json.RawMessage) (any, error) { return in.stats() }})
 	c.Register(pipeline.Command{Name: "slipstream.set_log_level", Summary: "changes the log level at once", Args: `{"level":"debug|info|warn|error"}`,
 		Run: func(_ context.Context, args json.RawMessage) (any, error) {

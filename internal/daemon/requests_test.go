@@ -379,6 +379,12 @@ func TestMeshCommands(t *testing.T) {
 			t.Errorf("reply to a bad level: %s", slipstream.Encode(r))
 		}
 	}
+	ops.write([]byte(`{"type":"CMD","messageId":"cs","command":"slipstream.stats","targetedTags":["gcp"]}`))
+	rs = ops.replies("cs", 1500*time.Millisecond)
+	if len(rs) != 1 || rs[0].OriginInstanceID != "gcp-1" || !strings.Contains(string(rs[0].Result), `"id":"gcp-1"`) ||
+		!strings.Contains(string(rs[0].Result), `"pipelines"`) || !strings.Contains(string(rs[0].Result), `"log_level":"debug"`) {
+		t.Fatalf("stats from gcp-1: %s", frames(rs))
+	}
 	ops.write([]byte(`{"type":"CMD","messageId":"c3","command":"slipstream.ping"}`))
 	if rs := ops.replies("c3", 1500*time.Millisecond); len(byOrigin(rs)) != 3 {
 		t.Fatalf("ping: %s, want a pong from each instance", frames(rs))
