@@ -51,8 +51,9 @@ type peer struct {
 
 	ok, failed, duplicate, timeouts prometheus.Counter
 
-	mu    sync.Mutex
-	state string
+	mu      sync.Mutex
+	state   string
+	lastErr string // why the last connection attempt or connection ended
 }
 
 // newPeer loads pc's TLS files and declares its link.
@@ -165,6 +166,11 @@ func (p *peer) run(ctx context.Context, emit func(*pipeline.Envelope) bool) {
 			wait  time.Duration
 			state = PeerBackoff
 		)
+		if end.err != nil && !end.duplicate {
+			p.mu.Lock()
+			p.lastErr = end.err.Error()
+			p.mu.Unlock()
+		}
 		switch {
 		case end.duplicate:
 			wait = p.bo.delay(0)

@@ -332,6 +332,19 @@ func (c *Client) PeerState(id string) string {
 	return ""
 }
 
+// PeerLastError is why the last connection attempt to peer id, or its
+// last connection, ended ("" when none did, or id is not configured here).
+func (c *Client) PeerLastError(id string) string {
+	for _, p := range c.peers {
+		if p.cfg.ID == id {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			return p.lastErr
+		}
+	}
+	return ""
+}
+
 // Peers lists the configured peer ids, in config order.
 func (c *Client) Peers() []string {
 	ids := make([]string, len(c.peers))

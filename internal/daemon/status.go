@@ -78,7 +78,10 @@ func (in *Instance) Status() Status {
 		Pipelines: []PipelineStatus{},
 	}
 	depth, oldest := in.outboxGauges()
-	type dialers interface{ PeerState(id string) string }
+	type dialers interface {
+		PeerState(id string) string
+		PeerLastError(id string) string
+	}
 	for _, l := range in.links.All() {
 		ls := LinkStatus{ID: l.ID(), Kind: "client", State: "down", Tags: nonNil(l.Tags()), Durable: l.Durable(),
 			Pending: int64(depth[l.ID()]), OldestPendingSeconds: oldest[l.ID()]}
@@ -91,6 +94,7 @@ func (in *Instance) Status() Status {
 		for _, src := range in.sources {
 			if d, ok := src.(dialers); ok && ls.Dialer == "" {
 				ls.Dialer = d.PeerState(l.ID())
+				ls.LastError = d.PeerLastError(l.ID())
 			}
 		}
 		st.Links = append(st.Links, ls)

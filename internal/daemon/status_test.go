@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -148,4 +149,22 @@ func TestLogLevel(t *testing.T) {
 	if strings.Contains(logs.String(), `"link":"quiet"`) {
 		t.Errorf("a line about the client connected at warn:\n%s", logs.String())
 	}
+}
+
+// A configured peer that went away shows why in its link's last_error.
+func TestStatusPeerLastError(t *testing.T) {
+	m := newMesh(t, map[string][]string{"a-1": {"a"}, "b-1": {"b"}}, "a-1>b-1")
+	m.linked("a-1", "b-1")
+	m.stop("b-1")
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		for _, l := range m.ins["a-1"].Status().Links {
+			if l.ID == "b-1" {
+				if l.State != "down" || l.LastError == "" {
+					return fmt.Errorf("b-1: state %q last_error %q", l.State, l.LastError)
+				}
+				return nil
+			}
+		}
+		return errors.New("no link b-1")
+	})
 }
