@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/corknet"
 )
 
 // Errors of the client itself (the instance's refusals are *slipstream.Error).
@@ -103,7 +104,7 @@ type Client struct {
 	opts  Options
 	acks  bool
 	ws    *websocket.Conn
-	cork  *corkConn // nil when a custom TLS dial hook bypassed it
+	cork  *corknet.Conn // nil when a custom TLS dial hook bypassed it
 	hello *slipstream.Message
 
 	out        chan outFrame
@@ -146,7 +147,7 @@ func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 	if o.Dialer != nil {
 		d = *o.Dialer
 	}
-	var cork *corkConn
+	var cork *corknet.Conn
 	dial := d.NetDialContext
 	if dial == nil && d.NetDial != nil {
 		nd := d.NetDial
@@ -161,7 +162,7 @@ func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 		if err != nil {
 			return nil, err
 		}
-		cork = &corkConn{Conn: nc}
+		cork = corknet.New(nc)
 		return cork, nil
 	}
 	ws, resp, err := d.DialContext(ctx, url, o.Header)

@@ -21,12 +21,12 @@ func (c *Client) writeLoop() {
 			}
 			return
 		case f := <-c.out:
-			c.cork.set(true)
+			c.cork.Cork()
 			err := c.write(f)
 			if err == nil {
 				err = c.writeQueued(512)
 			}
-			if ferr := c.cork.set(false); err == nil {
+			if ferr := c.cork.Uncork(); err == nil {
 				err = ferr
 			}
 			if err != nil {

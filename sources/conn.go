@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/corknet"
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
@@ -257,12 +258,12 @@ const maxBurst = 128
 // writeBurst writes f and then, while the socket is corked, every frame
 // already waiting (control first), so that they leave in one write(2).
 func (c *Conn) writeBurst(f []byte) {
-	cc := corker(c.ws.UnderlyingConn())
+	cc := corknet.Of(c.ws.UnderlyingConn())
 	if cc == nil {
 		c.write(f)
 		return
 	}
-	cc.cork()
+	cc.Cork()
 	c.write(f)
 burst:
 	for n := 1; n < maxBurst; n++ {
@@ -277,7 +278,7 @@ burst:
 		}
 		c.write(f)
 	}
-	if err := cc.uncork(); err != nil {
+	if err := cc.Uncork(); err != nil {
 		c.broken(err)
 	}
 }

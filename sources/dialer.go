@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/corknet"
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
@@ -68,7 +69,7 @@ func newPeer(c *Client, pc PeerConfig) (*peer, error) {
 	log := c.log.With("peer", pc.ID)
 	dialer := &websocket.Dialer{
 		Proxy:            http.ProxyFromEnvironment,
-		NetDialContext:   dialCork,
+		NetDialContext:   corknet.Dial,
 		HandshakeTimeout: dialTimeout,
 		ReadBufferSize:   4096,
 		WriteBufferSize:  4096,

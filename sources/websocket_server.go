@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/corknet"
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
@@ -289,7 +290,7 @@ func (s *Server) Run(ctx context.Context, emit func(*pipeline.Envelope) bool) er
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	served := make(chan error, 1)
-	var sl net.Listener = corkListener{ln}
+	var sl net.Listener = corknet.Listener{Listener: ln} // under TLS: net/http needs the *tls.Conn; TLS links are not corked
 	if s.tls != nil {
 		sl = tls.NewListener(sl, s.tls.serverConfig(s.tlsMinVersion()))
 	}
