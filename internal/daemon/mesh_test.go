@@ -254,6 +254,8 @@ type meshClient struct {
 	got   []*slipstream.Message // deliveries, in arrival order
 	acked map[string]int        // ACKs of what it published
 	done  chan struct{}
+	// other, when set, receives every other frame (replies, ERR).
+	other chan *slipstream.Message
 }
 
 func newMeshClient(t *testing.T, in *testInstance, id string, tags ...string) *meshClient {
@@ -275,11 +277,13 @@ func (c *meshClient) read() {
 			c.mu.Lock()
 			c.acked[m.MessageID]++
 			c.mu.Unlock()
-		case m.Type.IsData():
+		case m.Type.IsData() && !m.IsReply():
 			c.mu.Lock()
 			c.got = append(c.got, m)
 			c.mu.Unlock()
 			c.write(slipstream.Encode(&slipstream.Message{Type: slipstream.TypeACK, MessageID: m.MessageID, ClusterGroupID: m.ClusterGroupID}))
+		case c.other != nil:
+			c.other <- m
 		}
 	}
 }

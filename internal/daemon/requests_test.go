@@ -35,30 +35,10 @@ type replyClient struct {
 // also handed to frames.
 func newReplyClient(t *testing.T, url, id string, tags ...string) *replyClient {
 	t.Helper()
-	c := &replyClient{meshClient: &meshClient{id: id, ws: hello(t, url, id, tags...), acked: map[string]int{}, done: make(chan struct{})},
-		frames: make(chan *slipstream.Message, 1024)}
-	go func() {
-		defer close(c.done)
-		for b := range c.ws.in {
-			m, err := slipstream.Decode(b, slipstream.DefaultLimits())
-			if err != nil {
-				continue
-			}
-			switch {
-			case m.Type == slipstream.TypeACK:
-				c.mu.Lock()
-				c.acked[m.MessageID]++
-				c.mu.Unlock()
-			case m.Type.IsData() && !m.IsReply():
-				c.mu.Lock()
-				c.got = append(c.got, m)
-				c.mu.Unlock()
-				c.write(slipstream.Encode(&slipstream.Message{Type: slipstream.TypeACK, MessageID: m.MessageID, ClusterGroupID: m.ClusterGroupID}))
-			default:
-				c.frames <- m
-			}
-		}
-	}()
+	frames := make(chan *slipstream.Message, 1024)
+	c := &replyClient{meshClient: &meshClient{id: id, ws: hello(t, url, id, tags...), acked: map[string]int{},
+		done: make(chan struct{}), other: frames}, frames: frames}
+	go c.read()
 	t.Cleanup(c.close)
 	return c
 }
