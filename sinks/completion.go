@@ -67,13 +67,32 @@ func (o *Outbox) ack(cluster, id string) {
 		e = o.findID(id)
 	}
 	if e == nil {
+		o.ackLate(cluster + "\x00" + id)
 		return
 	}
+	delete(w.lately, e.key)
 	o.delivered(e, time.Now())
 	o.acked.Inc()
 	o.counters(e.typ).acked.Inc()
 	o.remove(e)
 	o.deleted(e)
+}
+
+// ackLate completes a delivery that was in flight when its session ended
+// and is not loaded again yet: its ACK was still in the pipeline. The entry
+// is deleted from the store at once, so the next session does not send it.
+func (o *Outbox) ackLate(key string) {
+	w := &o.w
+	seq, ok := w.lately[key]
+	if !ok {
+		return
+	}
+	delete(w.lately, key)
+	delete(w.carry, seq)
+	o.acked.Inc()
+	w.deletes = append(w.deletes, seq)
+	o.pending.Add(-1)
+	o.flushDeletes()
 }
 
 // refuse handles an ERR from the link about one of its deliveries.

@@ -430,3 +430,44 @@ func TestOutOfOrderCommitIsDelivered(t *testing.T) {
 		})
 	}
 }
+
+// An ACK that was still inside the pipeline when its connection dropped
+// completes the delivery: the entry is deleted, not sent again on the next
+// connection (found with `slipstream sub -n 2`, which ACKs and leaves).
+func TestLateAckAfterDisconnectCompletes(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) { c.AckTimeout = 5 * time.Second })
+	defer h.close()
+
+	var first recorder
+	c1 := first.conn()
+	l := h.attach("pi-1", true, c1)
+	h.publish(l, 1, 3)
+	checkFor(t, wait, time.Millisecond, first.wantSent(ids(1, 3)))
+	h.links.Detach(l, c1)
+	time.Sleep(100 * time.Millisecond) // the writer ends the session first
+	for i := 1; i <= 2; i++ {
+		l.Outbox().Acked("c1", fmt.Sprintf("m%d", i))
+	}
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if n := h.pending("pi-1"); n != 1 {
+			return fmt.Errorf("%d entries pending, want 1 (m3)", n)
+		}
+		return nil
+	})
+	var next recorder
+	h.attach("pi-1", true, next.conn())
+	checkFor(t, wait, time.Millisecond, next.wantSent(ids(3, 3)))
+	time.Sleep(100 * time.Millisecond)
+	if got := next.sent(); len(got) != 1 {
+		t.Fatalf("sent again %v, want only m3", got)
+	}
+	l.Outbox().Acked("c1", "m3")
+	l.Outbox().Acked("c1", "m1") // a duplicate ACK changes nothing
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if n := h.pending("pi-1"); n != 0 {
+			return fmt.Errorf("%d entries pending", n)
+		}
+		return nil
+	})
+}

@@ -53,10 +53,14 @@ type writer struct {
 	bySeq    map[uint64]*entry // ready and in flight
 	byKey    map[string]*entry // ready and in flight; duplicates chained
 	carry    map[uint64]int    // attempts spent before a disconnect, by seq
-	deletes  []uint64
-	more     bool      // the last load left entries in the store: load again
-	nextDue  time.Time // no in-flight entry is due before this
-	retryAt  time.Time // after a store error, no read before this
+	// lately maps the key of each delivery in flight when a session ended
+	// to its seq: an ACK still inside the pipeline then completes it
+	// instead of being lost (the message would be sent again).
+	lately  map[string]uint64
+	deletes []uint64
+	more    bool      // the last load left entries in the store: load again
+	nextDue time.Time // no in-flight entry is due before this
+	retryAt time.Time // after a store error, no read before this
 
 	limitsAt   time.Time // the next periodic limits pass
 	lastLimits time.Time // the last limits pass
@@ -108,6 +112,7 @@ func (w *writer) init() {
 	w.bySeq = map[uint64]*entry{}
 	w.byKey = map[string]*entry{}
 	w.carry = map[uint64]int{}
+	w.lately = map[string]uint64{}
 }
 
 // run is the writer goroutine: apply what the inbox holds, then expire,
@@ -207,9 +212,13 @@ func (o *Outbox) sync(ctx context.Context) {
 func (o *Outbox) endSession() {
 	w := &o.w
 	o.flushDeletes()
+	clear(w.lately)
 	for seq, e := range w.bySeq {
 		if e.spent > 0 && len(w.carry) < 4*o.s.cfg.Window+pageSize {
 			w.carry[seq] = e.spent
+		}
+		if _, sent := w.inflight[seq]; sent && e.key != "" && len(w.lately) < 4*o.s.cfg.Window {
+			w.lately[e.key] = seq
 		}
 	}
 	if w.cancel != nil {
@@ -339,6 +348,7 @@ func (o *Outbox) admit(seq uint64, frame []byte) {
 		return
 	}
 	e.id, e.key = m.MessageID, m.ClusterGroupID+"\x00"+m.MessageID
+	delete(o.w.lately, e.key) // loaded again: its ACK finds it
 	e.typ, e.timestamp, e.traceparent, e.tracestate = string(m.Type), m.Timestamp, m.TraceParent, m.TraceState
 	w.ready = append(w.ready, e)
 	w.bySeq[seq] = e
