@@ -21,7 +21,6 @@ import (
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/slipstream-sync/slipstream/internal/telemetry"
 )
 
 // Check is one readiness check: nil means ready.
@@ -175,7 +175,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // changes lv at once.
 func (s *Server) ServeLogLevel(lv *slog.LevelVar) {
 	s.mux.HandleFunc("GET /v1/log-level", func(w http.ResponseWriter, _ *http.Request) {
-		WriteJSON(w, http.StatusOK, map[string]string{"level": levelName(lv.Level())})
+		WriteJSON(w, http.StatusOK, map[string]string{"level": telemetry.LevelName(lv.Level())})
 	})
 	s.mux.HandleFunc("PUT /v1/log-level", func(w http.ResponseWriter, r *http.Request) {
 		var body struct {
@@ -187,18 +187,14 @@ func (s *Server) ServeLogLevel(lv *slog.LevelVar) {
 			WriteError(w, http.StatusBadRequest, `the body must be JSON like {"level": "debug"}: `+err.Error())
 			return
 		}
-		l, ok := levels[strings.ToLower(strings.TrimSpace(body.Level))]
-		if !ok {
-			WriteError(w, http.StatusBadRequest, fmt.Sprintf("level %q is not one of debug, info, warn, error", body.Level))
+		l, err := telemetry.ParseLevel(body.Level)
+		if err != nil {
+			WriteError(w, http.StatusBadRequest, err.Error())
 			return
 		}
 		old := lv.Level()
 		lv.Set(l)
-		s.log.Info("log level changed", "from", levelName(old), "to", levelName(l))
-		WriteJSON(w, http.StatusOK, map[string]string{"level": levelName(l)})
+		s.log.Info("log level changed", "from", telemetry.LevelName(old), "to", telemetry.LevelName(l))
+		WriteJSON(w, http.StatusOK, map[string]string{"level": telemetry.LevelName(l)})
 	})
 }
-
-var levels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
-
-func levelName(l slog.Level) string { return strings.ToLower(l.String()) }

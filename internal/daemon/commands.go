@@ -1,15 +1,16 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/slipstream-sync/slipstream/internal/admin"
+	"github.com/slipstream-sync/slipstream/internal/telemetry"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -23,22 +24,12 @@ func decodeArgs(args json.RawMessage, v any) error {
 	if len(args) == 0 {
 		return nil
 	}
-	dec := json.NewDecoder(strings.NewReader(string(args)))
+	dec := json.NewDecoder(bytes.NewReader(args))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("bad args: %w", err)
 	}
 	return nil
-}
-
-// parseLevel reads a log level name as the config's log.level does.
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	switch strings.ToLower(s) {
-	case "debug", "info", "warn", "error":
-		return l, l.UnmarshalText([]byte(s))
-	}
-	return l, fmt.Errorf("unknown log level %q: use debug, info, warn or error", s)
 }
 
 // Stats is the answer of slipstream.stats: the instance's status (as
@@ -53,7 +44,7 @@ type Stats struct {
 
 // stats gathers what slipstream.stats answers.
 func (in *Instance) stats() (Stats, error) {
-	s := Stats{Status: in.Status(), LogLevel: strings.ToLower(in.level.Level().String()),
+	s := Stats{Status: in.Status(), LogLevel: telemetry.LevelName(in.level.Level()),
 		PendingRequests: in.links.Requests().Len(), DeadLetters: map[string]int{}}
 	dead, err := in.store.DLQStats("")
 	if err != nil {
@@ -85,14 +76,14 @@ func (in *Instance) registerCommands(dlq *admin.DLQ) {
 			if a.Level == "" {
 				return nil, errors.New(`args.level is required: {"level":"debug|info|warn|error"}`)
 			}
-			l, err := parseLevel(a.Level)
+			l, err := telemetry.ParseLevel(a.Level)
 			if err != nil {
 				return nil, err
 			}
 			prev := in.level.Level()
 			in.SetLogLevel(l)
 			in.log.Warn("log level changed by command", "from", prev.String(), "to", l.String())
-			return map[string]string{"level": strings.ToLower(l.String()), "previous": strings.ToLower(prev.String())}, nil
+			return map[string]string{"level": telemetry.LevelName(l), "previous": telemetry.LevelName(prev)}, nil
 		}})
 	c.Register(pipeline.Command{Name: "slipstream.dlq.list", Summary: "lists dead letters (of one link, or all)", Args: `{"link":"ID","limit":100}`,
 		Run: func(_ context.Context, args json.RawMessage) (any, error) {

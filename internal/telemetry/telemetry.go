@@ -23,14 +23,20 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// ParseLevel reads debug|info|warn|error.
+var levels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
+// ParseLevel reads debug|info|warn|error (any case): the config's
+// log.level, PUT /v1/log-level and slipstream.set_log_level.
 func ParseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(strings.ToLower(s))); err != nil {
+	l, ok := levels[strings.ToLower(strings.TrimSpace(s))]
+	if !ok {
 		return 0, fmt.Errorf("unknown log level %q; use debug, info, warn or error", s)
 	}
 	return l, nil
 }
+
+// LevelName is ParseLevel's inverse: "debug", "info", "warn" or "error".
+func LevelName(l slog.Level) string { return strings.ToLower(l.String()) }
 
 // NewLogger builds the instance logger writing to w in format "json" or
 // "text"; the returned LevelVar changes its level at run time.
