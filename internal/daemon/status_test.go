@@ -132,6 +132,15 @@ func TestLogLevel(t *testing.T) {
 	// debug it is.
 	c := hello(t, in.url, "quiet")
 	c.close()
+	// Its disconnection is handled (and would be logged) before the level
+	// changes: otherwise a late line about it is logged at debug.
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if l := in.Links().Get("quiet"); l == nil || l.Connected() {
+			return errors.New("quiet is still connected")
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond) // its read loop logs right after the detach
 	if code, body := adminDo(t, in, "PUT", "/v1/log-level", "s3cret", `{"level":"debug"}`); code != 200 || !strings.Contains(body, `"level":"debug"`) {
 		t.Fatalf("PUT debug = %d %s", code, body)
 	}
