@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/gorilla/websocket"
 
@@ -128,37 +127,6 @@ func (s *Server) checkHelloIdentity(c *Conn, spec link.Spec, m *slipstream.Messa
 		"link", spec.ID, "claimed", m.InstanceID, "remote", c.RemoteAddr())
 	c.SendControl(slipstream.Encode(slipstream.NewErr(m.MessageID, slipstream.CodeForbidden,
 		fmt.Sprintf("HELLO instanceId %q differs from the identity of your certificate (%q)", m.InstanceID, spec.ID))))
-	waitWritten(c, closeWait)
 	c.Close(websocket.ClosePolicyViolation, "identity differs from the client certificate")
 	return errCertIdentity
-}
-
-// waitWritten waits, at most d, until the control frames queued on c are
-// written: the writer drops what it has not written once c is closed, and
-// flushes the queue only for a normal close. Called from c's read loop,
-// whose room signal (Conn.signalRoom, sent after each write) it borrows:
-// the loop ends right after.
-func waitWritten(c *Conn, d time.Duration) {
-	deadline := time.NewTimer(d)
-	defer deadline.Stop()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for len(c.control) > 0 {
-		select {
-		case <-deadline.C:
-			return
-		case <-tick.C:
-		}
-	}
-	// The writer took the last frame: it signals once it is written (a
-	// signal already there may be older; then wait for the next one, or
-	// for the deadline if that one was ours).
-	select {
-	case <-c.room:
-	default:
-	}
-	select {
-	case <-c.room:
-	case <-deadline.C:
-	}
 }

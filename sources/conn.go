@@ -35,7 +35,7 @@ const (
 	// writeWait bounds every write (and ping) on the socket.
 	writeWait = 10 * time.Second
 	// closeWait bounds the close handshake, and the flush of queued control
-	// frames on a graceful close.
+	// frames when a connection is closed.
 	closeWait = time.Second
 	// maxCloseReason is the longest reason a close frame can carry.
 	maxCloseReason = 123
@@ -66,6 +66,7 @@ type Conn struct {
 	closeOnce   sync.Once
 	closeCode   int // 0: the socket broke, no close frame
 	closeReason string
+	closeBy     time.Time // deadline of the writes after Close
 
 	rmu         sync.Mutex // guards the read deadline against StopReading
 	readStopped bool
@@ -144,15 +145,17 @@ func (c *Conn) SendData(ctx context.Context, frame []byte) error {
 
 // Close implements link.Conn: it stops accepting frames and has the writer
 // send a close frame with code and reason and close the socket. It never
-// blocks; Done is closed at once and Exited once the socket is closed. A
-// graceful close (1000, 1001) first flushes queued control frames (ACKs of
-// messages in flight) for at most a second. Later calls do nothing.
+// blocks; Done is closed at once and Exited once the socket is closed. The
+// writer first flushes the queued control frames (ACKs of messages in
+// flight, an ERR that explains the close) for at most a second. Later calls
+// do nothing.
 func (c *Conn) Close(code int, reason string) {
 	c.closeOnce.Do(func() {
 		if len(reason) > maxCloseReason {
 			reason = reason[:maxCloseReason]
 		}
 		c.closeCode, c.closeReason = code, reason
+		c.closeBy = time.Now().Add(closeWait)
 		close(c.done)
 		// Cut short a write stuck on a peer that does not read.
 		_ = c.ws.UnderlyingConn().SetWriteDeadline(time.Now().Add(closeWait))
@@ -284,15 +287,17 @@ burst:
 }
 
 // write writes one text frame; a failure closes the connection. Once Close
-// was called it writes nothing (finish flushes what a graceful close keeps),
-// so that it cannot push back the deadline Close set.
+// was called it keeps the short deadline Close set, so a frame taken from a
+// queue just before still goes out (an ERR before a 1008) but cannot hold
+// the writer up.
 func (c *Conn) write(f []byte) {
+	deadline := time.Now().Add(writeWait)
 	select {
 	case <-c.done:
-		return
+		deadline = c.closeBy // gorilla applies it to the socket at each write
 	default:
 	}
-	_ = c.ws.SetWriteDeadline(time.Now().Add(writeWait))
+	_ = c.ws.SetWriteDeadline(deadline)
 	if err := c.ws.WriteMessage(websocket.TextMessage, f); err != nil {
 		c.broken(err)
 	}
@@ -305,27 +310,26 @@ func (c *Conn) broken(err error) {
 	c.Close(0, "")
 }
 
-// finish runs on the writer after Close: flush control frames when the close
-// is graceful, send the close frame, close the socket.
+// finish runs on the writer after Close: flush the queued control frames
+// (ACKs of messages in flight, the ERR that explains a 1008) within the
+// close deadline, send the close frame, close the socket.
 func (c *Conn) finish() {
 	defer c.ws.Close()
 	code := c.closeCode
 	if code == 0 {
 		return
 	}
-	deadline := time.Now().Add(closeWait)
-	if code == websocket.CloseNormalClosure || code == websocket.CloseGoingAway {
-		_ = c.ws.SetWriteDeadline(deadline)
-	flush:
-		for {
-			select {
-			case f := <-c.control:
-				if c.ws.WriteMessage(websocket.TextMessage, f) != nil {
-					break flush
-				}
-			default:
+	deadline := c.closeBy
+	_ = c.ws.SetWriteDeadline(deadline)
+flush:
+	for {
+		select {
+		case f := <-c.control:
+			if c.ws.WriteMessage(websocket.TextMessage, f) != nil {
 				break flush
 			}
+		default:
+			break flush
 		}
 	}
 	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, c.closeReason), deadline)
