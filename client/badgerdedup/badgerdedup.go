@@ -13,8 +13,9 @@
 //
 // Each message is one key holding its state ("pending" for an owner, or
 // "done") and its expiry in Unix nanoseconds, which Claim compares with the
-// wall clock: leases and windows have the clock's precision, and last
-// across restarts (a lease taken before a crash blocks other owners until
+// wall clock: leases and windows have the clock's precision (a clock
+// stepped forward ends them early, one stepped back late), and last across
+// restarts (a lease taken before a crash blocks other owners until
 // it expires, then the message is claimable). The key also carries a Badger
 // TTL rounded up to the next second, so that compactions drop the expired
 // keys: the disk holds about one key per message handled within the window,
@@ -27,9 +28,10 @@
 // which is harmless (its owner died with the machine) and a release may be
 // lost, which delays the message until the lease expires. Claim is an
 // optimistic Badger transaction, retried when a concurrent call wrote the
-// same key. Errors are Badger's (a closed database, a full disk); the
-// caller decides, and Session.Subscribe leaves the message unacknowledged
-// so that it is delivered again.
+// same key. Errors are Badger's (a closed database, a full disk), and the
+// caller decides (Claim's result with an error is Busy): neither handling
+// nor acknowledging the message is the safe answer, since the instance
+// delivers it again.
 package badgerdedup
 
 import (

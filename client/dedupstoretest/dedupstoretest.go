@@ -14,6 +14,14 @@
 // depend on the machine's speed: it checks that an expired claim or done
 // mark is eventually gone, never that it is gone by a deadline. Run it with
 // -race: it includes concurrent claims of one key by many owners.
+//
+// Beyond the semantics documented on client.DedupStore, the suite requires
+// what Session.Subscribe relies on: a re-entrant Claim replaces the owner's
+// lease; Done marks a key done whatever its state (absent, or claimed by
+// anyone); Release by an owner whose claim expired and was taken by another
+// owner is a no-op; a non-positive lease or window is an error and records
+// nothing; a call with a cancelled context returns an error (unless the
+// store is run with IgnoresContext).
 package dedupstoretest
 
 import (

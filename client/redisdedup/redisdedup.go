@@ -13,9 +13,10 @@
 // since a claim is re-entrant for its owner.
 //
 // Redis is the store's single point of truth: while it is unreachable every
-// call returns an error (Claim never answers Claimed without Redis's word),
-// and the caller decides; Session.Subscribe then leaves the message
-// unacknowledged so that it is delivered again. Dedup is as durable as the
+// call returns an error (Claim never answers Claimed without Redis's word;
+// its result with an error is Busy), and the caller decides: neither
+// handling nor acknowledging the message is the safe answer, since the
+// instance delivers it again. Dedup is as durable as the
 // Redis: a Redis restarted without persistence forgets the messages handled,
 // and their redeliveries are handled again. The store works with a single
 // Redis, a Sentinel set-up or a Redis Cluster (every script touches one
