@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -22,7 +23,54 @@ type DedupConfig struct {
 	// claims is the cluster group's Redis, made by dedup's Build and used
 	// by persist's post-commit claim (stages/claim.go); dedup closes it.
 	claims *claimer
+	// commits is shared by dedup and persist (see commitClock).
+	commits *commitClock
 }
+
+// clock returns the commit clock dedup and persist share, made by whichever
+// of their Builds runs first.
+func (c *DedupConfig) clock() *commitClock {
+	if c.commits == nil {
+		c.commits = &commitClock{}
+	}
+	return c.commits
+}
+
+// commitClock is what persist tells dedup about its group commits, so that
+// dedup's early check never waits for one in flight.
+//
+// Every Badger read transaction waits, when it starts, for every commit
+// already under way (its fsync included): a fresh snapshot per batch would
+// make dedup wait for persist's previous batch, in lockstep with it, and
+// each message would wait for two fsyncs instead of one. Dedup therefore
+// keeps its snapshot while it is as good as a fresh one (persist, the only
+// writer of markers, has completed no commit since it was taken) or while a
+// commit is in flight (a fresh one would wait for it); it takes a new one
+// otherwise, and at least every maxSnapshotAge. A marker that dedup's
+// snapshot misses is found by persist, whose check inside its write
+// transaction is the authoritative one; markers are never deleted (they
+// expire, and expiry is judged when they are read), so a snapshot that
+// holds a marker is never wrong about it.
+type commitClock struct {
+	done     atomic.Uint64 // commits persist completed (or failed)
+	inFlight atomic.Int32  // commits under way
+}
+
+// commit runs persist's commit fn, counting it.
+func (c *commitClock) commit(fn func() error) error {
+	if c == nil {
+		return fn()
+	}
+	c.inFlight.Add(1)
+	err := fn()
+	c.done.Add(1) // before inFlight drops: whoever sees 0 in flight sees the count
+	c.inFlight.Add(-1)
+	return err
+}
+
+// maxSnapshotAge bounds how long dedup keeps one read snapshot (an open
+// read transaction keeps Badger from discarding older versions).
+const maxSnapshotAge = time.Second
 
 // Validate implements pipeline.Validator.
 func (c *DedupConfig) Validate() error {
@@ -53,7 +101,7 @@ func init() {
 		NewConfig: func() any { return &DedupConfig{Window: 24 * time.Hour, Store: "badger"} },
 		Build: func(cfg any, bc *pipeline.BuildContext) (any, error) {
 			dc := cfg.(*DedupConfig)
-			d := &Dedup{db: bc.Store.DB()}
+			d := &Dedup{db: bc.Store.DB(), clock: dc.clock()}
 			if dc.Store == "redis" {
 				c, err := newClaimer(dc, bc)
 				if err != nil {
@@ -73,6 +121,12 @@ type Dedup struct {
 	db     *badger.DB
 	seen   map[string]struct{}
 	claims *claimer // store = "redis": the cluster group's claims; nil otherwise
+
+	// The read snapshot kept between batches (see commitClock).
+	clock  *commitClock
+	txn    *badger.Txn
+	txnAt  time.Time // when it was taken
+	txnSeq uint64    // clock.done when it was taken
 }
 
 var (
@@ -82,6 +136,10 @@ var (
 
 // Close implements pipeline.Closer.
 func (d *Dedup) Close() error {
+	if d.txn != nil {
+		d.txn.Discard()
+		d.txn = nil
+	}
 	if d.claims != nil {
 		return d.claims.Close()
 	}
@@ -95,8 +153,7 @@ func (d *Dedup) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*pip
 		d.seen = make(map[string]struct{}, len(batch))
 	}
 	clear(d.seen)
-	txn := d.db.NewTransaction(false)
-	defer txn.Discard()
+	txn := d.snapshot()
 	for _, e := range batch {
 		if !isData(e) {
 			continue
@@ -112,6 +169,8 @@ func (d *Dedup) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*pip
 		case err == nil:
 			e.Status = pipeline.Duplicate
 		case !errors.Is(err, badger.ErrKeyNotFound):
+			d.txn.Discard()
+			d.txn = nil
 			return nil, err
 		}
 	}
@@ -119,4 +178,21 @@ func (d *Dedup) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*pip
 		d.claims.check(ctx, batch)
 	}
 	return batch, nil
+}
+
+// snapshot returns the read transaction to check a batch against: the one
+// kept from an earlier batch when it is still good enough, else a new one
+// (see commitClock).
+func (d *Dedup) snapshot() *badger.Txn {
+	now := time.Now()
+	if d.txn != nil {
+		if now.Sub(d.txnAt) < maxSnapshotAge &&
+			(d.clock.done.Load() == d.txnSeq || d.clock.inFlight.Load() > 0) {
+			return d.txn
+		}
+		d.txn.Discard()
+	}
+	d.txnSeq = d.clock.done.Load() // before the snapshot: it holds at least these commits
+	d.txn, d.txnAt = d.db.NewTransaction(false), now
+	return d.txn
 }

@@ -38,7 +38,7 @@ func init() {
 				p.state = w
 			}
 			if dc, ok := bc.StageConfigs["dedup"].(*DedupConfig); ok {
-				p.window, p.claims = dc.Window, dc.claims
+				p.window, p.claims, p.clock = dc.Window, dc.claims, dc.clock()
 			}
 			return p, bindStateMirrors(bc)
 		},
@@ -58,7 +58,9 @@ type Persist struct {
 	// claims, with dedup's store = "redis", claims the committed messages
 	// for this instance in the cluster group's Redis (stages/claim.go).
 	claims *claimer
-	seen   map[string]struct{}
+	// clock tells dedup about the commits (nil without a dedup stage).
+	clock *commitClock
+	seen  map[string]struct{}
 }
 
 var _ pipeline.Stage = (*Persist)(nil)
@@ -81,7 +83,7 @@ func (p *Persist) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*p
 	var count, size int64
 	committed := false
 	commit := func() error {
-		if err := txn.Commit(); err != nil {
+		if err := p.clock.commit(txn.Commit); err != nil {
 			return fmt.Errorf("commit: %w", err)
 		}
 		committed = true
@@ -158,7 +160,7 @@ func (p *Persist) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*p
 		count, size = count+n, size+sz
 	}
 	if len(pending) > 0 {
-		if err := txn.Commit(); err != nil {
+		if err := p.clock.commit(txn.Commit); err != nil {
 			return fail(fmt.Errorf("commit: %w", err))
 		}
 		done = append(done, pending...)
