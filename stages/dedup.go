@@ -42,15 +42,18 @@ func (c *DedupConfig) clock() *commitClock {
 // Every Badger read transaction waits, when it starts, for every commit
 // already under way (its fsync included): a fresh snapshot per batch would
 // make dedup wait for persist's previous batch, in lockstep with it, and
-// each message would wait for two fsyncs instead of one. Dedup therefore
-// keeps its snapshot while it is as good as a fresh one (persist, the only
-// writer of markers, has completed no commit since it was taken) or while a
-// commit is in flight (a fresh one would wait for it); it takes a new one
-// otherwise, and at least every maxSnapshotAge. A marker that dedup's
-// snapshot misses is found by persist, whose check inside its write
-// transaction is the authoritative one; markers are never deleted (they
-// expire, and expiry is judged when they are read), so a snapshot that
-// holds a marker is never wrong about it.
+// each message would wait for two fsyncs instead of one. So while persist
+// is committing, dedup only marks the repeats within its batch and leaves
+// the store lookup to persist, which makes it anyway inside its write
+// transaction (the authoritative check: a copy may be between the two
+// stages); under load that is most batches, and each message is looked up
+// once instead of twice. When persist is idle, dedup looks the markers up
+// in a read snapshot that it keeps while it is as good as a fresh one
+// (persist, the only writer of markers, has completed no commit since it
+// was taken; a fresh one could still wait for the outbox writers' deletes),
+// for at most maxSnapshotAge. Markers are never deleted (they expire, and
+// expiry is judged when they are read), so a snapshot that holds a marker
+// is never wrong about it.
 type commitClock struct {
 	done     atomic.Uint64 // commits persist completed (or failed)
 	inFlight atomic.Int32  // commits under way
@@ -116,7 +119,8 @@ func init() {
 
 // Dedup is the dedup stage. It is a read-only early filter: persist repeats
 // the check inside its write transaction, which is what makes a copy that is
-// still between the two stages a duplicate too.
+// still between the two stages a duplicate too. It never waits for a group
+// commit (see commitClock).
 type Dedup struct {
 	db     *badger.DB
 	seen   map[string]struct{}
@@ -153,7 +157,10 @@ func (d *Dedup) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*pip
 		d.seen = make(map[string]struct{}, len(batch))
 	}
 	clear(d.seen)
-	txn := d.snapshot()
+	var txn *badger.Txn
+	if d.clock.inFlight.Load() == 0 {
+		txn = d.snapshot()
+	} // else persist is committing: its own lookup will do (see commitClock)
 	for _, e := range batch {
 		if !isData(e) {
 			continue
@@ -164,6 +171,9 @@ func (d *Dedup) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*pip
 			continue
 		}
 		d.seen[string(k)] = struct{}{}
+		if txn == nil {
+			continue
+		}
 		_, err := txn.Get(k)
 		switch {
 		case err == nil:
@@ -181,13 +191,12 @@ func (d *Dedup) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*pip
 }
 
 // snapshot returns the read transaction to check a batch against: the one
-// kept from an earlier batch when it is still good enough, else a new one
-// (see commitClock).
+// kept from an earlier batch when persist has committed nothing since, else
+// a new one (see commitClock).
 func (d *Dedup) snapshot() *badger.Txn {
 	now := time.Now()
 	if d.txn != nil {
-		if now.Sub(d.txnAt) < maxSnapshotAge &&
-			(d.clock.done.Load() == d.txnSeq || d.clock.inFlight.Load() > 0) {
+		if now.Sub(d.txnAt) < maxSnapshotAge && d.clock.done.Load() == d.txnSeq {
 			return d.txn
 		}
 		d.txn.Discard()
