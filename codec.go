@@ -47,6 +47,7 @@ const maxInlineExtra = 16
 
 type decoder struct {
 	data     []byte
+	header   bool // DecodeHeader: only the members of Header are kept
 	m        *Message
 	arena    []byte // decoded string bytes; bytes below len are never rewritten
 	raw      []byte // private copy of data[rawBase:], backing the raw values
@@ -69,7 +70,9 @@ func (d *decoder) decode() (*Message, *Error) {
 	if i >= len(data) || data[i] != '{' {
 		return nil, badJSON("a frame must be one JSON object")
 	}
-	d.m = new(Message)
+	if d.m == nil {
+		d.m = new(Message)
+	}
 	var extraBuf [8]Field
 	extra := extraBuf[:0]
 	var names map[string]struct{} // unknown names, once there are many
@@ -97,7 +100,9 @@ func (d *decoder) decode() (*Message, *Error) {
 				name = appendUnquoted(scratch[:0], name)
 			}
 			var end int
-			if f := lookupField(name); f >= 0 {
+			if f := lookupField(name); d.header && !headerField(f) {
+				end, ok = skipValue(data, i, 1)
+			} else if f >= 0 {
 				if d.seen&(1<<f) != 0 {
 					d.fieldError("duplicate member " + quoteName(fieldNames[f]))
 				}
