@@ -180,10 +180,39 @@ func (o *Outbox) deleted(e *entry) {
 	o.pending.Add(-1)
 }
 
+// Completed entries are deleted from the store in batches, at most
+// deleteDelay after the first of a batch completed, or once deleteBatch
+// are pending: every Badger write is synced, and it is the same write
+// queue (and fsync) as the persist stage's group commits, so a delete per
+// writer wake-up (per ACK batch) would make the commits that ACK senders
+// wait for extra syncs. A crash can then send again the deliveries completed
+// in the last deleteDelay, as it could those whose ACK was still in the
+// pipeline (receivers deduplicate). Everything that reads the outbox from
+// the store (load, limits, recount, the end of a session) flushes first.
+const (
+	deleteDelay = 10 * time.Millisecond
+	deleteBatch = 1024
+)
+
+// lazyDeletes flushes the pending deletes when they are due (see
+// deleteDelay), else makes sure they will be.
+func (o *Outbox) lazyDeletes(now time.Time) {
+	w := &o.w
+	switch {
+	case len(w.deletes) == 0:
+		w.deleteDue = time.Time{}
+	case len(w.deletes) >= deleteBatch || (!w.deleteDue.IsZero() && !now.Before(w.deleteDue)):
+		o.flushDeletes()
+	case w.deleteDue.IsZero():
+		w.deleteDue = now.Add(deleteDelay)
+	}
+}
+
 // flushDeletes deletes the completed entries from the store in one write.
 // A failure leaves them to be sent (and acknowledged) again later.
 func (o *Outbox) flushDeletes() {
 	w := &o.w
+	w.deleteDue = time.Time{}
 	if len(w.deletes) == 0 {
 		return
 	}

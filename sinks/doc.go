@@ -32,10 +32,12 @@
 //   - Sends only while a connection is attached, at most `window` unacked
 //     deliveries in flight, through Conn.SendData (which blocks on that
 //     connection only: one slow link never slows another).
-//   - Matches ACKs by (clusterGroupId, messageId), decoded from each frame
-//     with slipstream.Decode when loaded, and deletes acknowledged entries
-//     from the store in batches. An ACK that names no cluster matches by
-//     messageId alone.
+//   - Matches ACKs by (clusterGroupId, messageId), which the sink passes
+//     along with each notified entry (an entry read back from the store has
+//     its header decoded with slipstream.DecodeHeader), and deletes
+//     acknowledged entries from the store in batches, at most 10 ms after
+//     the first (completion.go, deleteDelay). An ACK that names no cluster
+//     matches by messageId alone.
 //   - Re-sends a delivery whose ACK has not come after ack_timeout, doubling
 //     the wait each time up to backoff_max. An attempt is spent only when its
 //     ack timeout elapses while the link is up: a disconnect clears the

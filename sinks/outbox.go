@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/telemetry"
 )
@@ -87,10 +88,12 @@ type Outbox struct {
 
 var _ link.Outbox = (*Outbox)(nil)
 
-// memEntry is a notified entry kept in memory.
+// memEntry is a notified entry kept in memory, with its header when the
+// sink had it (hdr.MessageID != "": admit need not decode the frame).
 type memEntry struct {
 	seq   uint64
 	frame []byte
+	hdr   slipstream.Header
 }
 
 // feedback is an ACK (code == "") or an ERR of the link.
@@ -168,7 +171,12 @@ func (o *Outbox) dropMemLocked() {
 // fanout stage's goroutine; frame is shared and never modified. The frame is
 // kept in memory only while the writer keeps up and the link is up;
 // otherwise the writer will read the entry from the store.
-func (o *Outbox) Notify(seq uint64, frame []byte) {
+func (o *Outbox) Notify(seq uint64, frame []byte) { o.notify(seq, frame, nil) }
+
+// notify is Notify with the message's header when the caller has it (the
+// sink has the decoded message), so that the writer does not decode the
+// frame again; nil: it will.
+func (o *Outbox) notify(seq uint64, frame []byte, m *slipstream.Message) {
 	o.mu.Lock()
 	if o.closed {
 		o.mu.Unlock()
@@ -200,7 +208,11 @@ func (o *Outbox) Notify(seq uint64, frame []byte) {
 	case o.conn == nil || len(o.mem) >= o.s.cfg.MemoryQueue || o.memBytes+len(frame) > memoryBytes:
 		o.dropMemLocked()
 	default:
-		o.mem = append(o.mem, memEntry{seq: seq, frame: frame})
+		me := memEntry{seq: seq, frame: frame}
+		if m != nil {
+			me.hdr = slipstream.HeaderOf(m)
+		}
+		o.mem = append(o.mem, me)
 		o.memBytes += len(frame)
 	}
 	o.mu.Unlock()

@@ -207,7 +207,11 @@ func (s *WebSocket) Deliver(_ context.Context, batch []*pipeline.Envelope) error
 			if l == nil {
 				continue
 			}
-			if ob := l.Outbox(); ob != nil {
+			switch ob := l.Outbox().(type) {
+			case *Outbox:
+				ob.notify(e.Seqs[i], e.Encoded, e.Msg) // e.Msg is what persist encoded
+			case nil:
+			default:
 				ob.Notify(e.Seqs[i], e.Encoded)
 			}
 		}

@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/store"
 	"github.com/slipstream-sync/slipstream/pipeline"
@@ -470,4 +471,49 @@ func TestLateAckAfterDisconnectCompletes(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// The sink hands the writer each message's header (the envelope's decoded
+// message): the writer matches ACKs with it and does not decode the frame
+// again. An entry read back from the store has its header decoded from the
+// frame. Completed entries leave the store in one batch shortly after.
+func TestNotifiedHeaderIsUsed(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	h := newHarness(t, t.TempDir(), nil)
+	defer h.close()
+
+	var rec recorder
+	l := h.attach("pi-1", true, rec.conn())
+	// A new writer reads its outbox from the store first; once it has
+	// caught up, notified entries come from memory.
+	h.publish(l, 0, 0)
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(0, 0)))
+	l.Outbox().Acked("c1", "m0")
+	seqs := h.put(l, 1, 3)
+	var batch []*pipeline.Envelope
+	for i, seq := range seqs {
+		// The header says "h<i>" where the frame says "m<i>": the writer
+		// must go by the header.
+		msg := &slipstream.Message{Type: slipstream.TypeSK, MessageID: fmt.Sprintf("h%d", i+1), ClusterGroupID: "c1"}
+		batch = append(batch, &pipeline.Envelope{Status: pipeline.Accepted, Msg: msg, Encoded: frame(i + 1),
+			Recipients: []string{l.ID()}, Seqs: []uint64{seq}})
+	}
+	if err := h.sink.Deliver(context.Background(), batch); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(0, 3)))
+	ob := l.Outbox()
+	ob.Acked("c1", "m1") // the frame's id: not what the writer knows this entry by
+	for i := 1; i <= 3; i++ {
+		ob.Acked("c1", fmt.Sprintf("h%d", i))
+	}
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if n := h.pending("pi-1"); n != 0 {
+			return fmt.Errorf("%d entries still pending", n)
+		}
+		return nil
+	})
+	if got := h.counter("acked"); got != 4 {
+		t.Errorf("acked counter = %v, want 4", got)
+	}
 }

@@ -2,7 +2,6 @@ package sinks
 
 import (
 	"context"
-	"math"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,9 +57,12 @@ type writer struct {
 	// instead of being lost (the message would be sent again).
 	lately  map[string]uint64
 	deletes []uint64
-	more    bool      // the last load left entries in the store: load again
-	nextDue time.Time // no in-flight entry is due before this
-	retryAt time.Time // after a store error, no read before this
+	// deleteDue is when the pending deletes must be written (zero: none
+	// pending); see lazyDeletes.
+	deleteDue time.Time
+	more      bool      // the last load left entries in the store: load again
+	nextDue   time.Time // no in-flight entry is due before this
+	retryAt   time.Time // after a store error, no read before this
 
 	limitsAt   time.Time // the next periodic limits pass
 	lastLimits time.Time // the last limits pass
@@ -129,19 +131,23 @@ func (o *Outbox) run(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for ctx.Err() == nil {
+		// The entries that the ACKs applied by sync complete are deleted
+		// from the store after the sends below (a window freed by ACKs is
+		// refilled without waiting for a synced write), and lazily: see
+		// lazyDeletes. Whatever reads the store (load, limits, the end of
+		// a session) deletes what is pending first.
 		o.sync(ctx)
-		o.flushDeletes()
 		now := time.Now()
 		o.expire(now)
 		o.limits(ctx, now)
 		o.load()
 		o.send()
-		o.flushDeletes()
+		o.lazyDeletes(now)
 		if o.canLoad() && w.more {
 			continue // the backlog goes on and nothing else will wake us
 		}
 
-		next := earliest(earliest(w.nextDue, w.retryAt), o.nextLimits())
+		next := earliest(earliest(earliest(w.nextDue, w.retryAt), o.nextLimits()), w.deleteDue)
 		timer.Stop()
 		if !next.IsZero() {
 			timer.Reset(max(time.Until(next), time.Millisecond))
@@ -281,7 +287,7 @@ func (o *Outbox) load() {
 		return
 	}
 	for _, en := range page {
-		o.admit(en.Seq, en.Frame)
+		o.admit(en.Seq, en.Frame, nil)
 	}
 	w.more = len(page) == pageSize
 	if !w.more {
@@ -317,7 +323,11 @@ func (o *Outbox) admitMemory(mem []memEntry) {
 			}
 			continue
 		}
-		o.admit(m.seq, m.frame)
+		if m.hdr.MessageID != "" {
+			o.admit(m.seq, m.frame, &m.hdr)
+		} else {
+			o.admit(m.seq, m.frame, nil)
+		}
 	}
 	if low == 0 {
 		return
@@ -331,9 +341,10 @@ func (o *Outbox) admitMemory(mem []memEntry) {
 }
 
 // admit adds a loaded entry to the ready queue, skipping entries already
-// loaded. An entry that does not decode can never be acknowledged: it is
-// dead-lettered at once.
-func (o *Outbox) admit(seq uint64, frame []byte) {
+// loaded. hdr is the entry's header when the sink passed it along; nil: the
+// frame's header is decoded here. An entry that does not decode can never
+// be acknowledged: it is dead-lettered at once.
+func (o *Outbox) admit(seq uint64, frame []byte, hdr *slipstream.Header) {
 	w := &o.w
 	w.cursor = max(w.cursor, seq+1)
 	if w.bySeq[seq] != nil {
@@ -341,15 +352,18 @@ func (o *Outbox) admit(seq uint64, frame []byte) {
 	}
 	e := &entry{seq: seq, frame: frame, spent: w.carry[seq]}
 	delete(w.carry, seq)
-	m, err := slipstream.Decode(frame, &slipstream.Limits{MaxFrame: math.MaxInt})
-	if err != nil {
-		e.typ = "invalid"
-		o.deadLetter(e, "undecodable outbox entry: "+err.Error())
-		return
+	if hdr == nil {
+		h, err := slipstream.DecodeHeader(frame)
+		if err != nil {
+			e.typ = "invalid"
+			o.deadLetter(e, "undecodable outbox entry: "+err.Error())
+			return
+		}
+		hdr = &h
 	}
-	e.id, e.key = m.MessageID, m.ClusterGroupID+"\x00"+m.MessageID
+	e.id, e.key = hdr.MessageID, hdr.ClusterGroupID+"\x00"+hdr.MessageID
 	delete(o.w.lately, e.key) // loaded again: its ACK finds it
-	e.typ, e.timestamp, e.traceparent, e.tracestate = string(m.Type), m.Timestamp, m.TraceParent, m.TraceState
+	e.typ, e.timestamp, e.traceparent, e.tracestate = string(hdr.Type), hdr.Timestamp, hdr.TraceParent, hdr.TraceState
 	w.ready = append(w.ready, e)
 	w.bySeq[seq] = e
 	if first := w.byKey[e.key]; first != nil {
