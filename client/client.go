@@ -101,6 +101,8 @@ var incomingLimits = &slipstream.Limits{MaxFrame: maxIncomingFrame}
 // Client is one connection to a Slipstream instance. It is safe for
 // concurrent use.
 type Client struct {
+	calls // Get, GetArray, GetWeighted, Command, SetKey, SetArray, SetWeighted, DeleteKey
+
 	opts  Options
 	acks  bool
 	ws    *websocket.Conn
@@ -190,6 +192,7 @@ func Dial(ctx context.Context, url string, o Options) (*Client, error) {
 		readerDone: make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
+	c.calls = calls{via: c}
 	if o.ID != "" {
 		c.awaiting.Store(true)
 	}

@@ -9,19 +9,35 @@ import (
 	slipstream "github.com/slipstream-sync/slipstream"
 )
 
-// RequestOption changes a request built by Get, GetArray, GetWeighted or
-// Command before it is sent.
-type RequestOption func(*slipstream.Message)
+// Option changes a message the SDK builds (Get, GetArray, GetWeighted,
+// Command, SetKey, SetArray, SetWeighted, DeleteKey) before it is sent.
+type Option func(*slipstream.Message)
 
-// Targeting sends the request only to instances (gets and slipstream.*
-// commands) or clients (other commands) carrying at least one of tags: its
-// targetedTags.
-func Targeting(tags ...string) RequestOption {
+// asker sends a request and returns its first reply: a Client, or a
+// Session that retries across reconnections.
+type asker interface {
+	First(ctx context.Context, m *slipstream.Message) (*slipstream.Message, error)
+}
+
+// calls are the typed calls that Client and Session share (Get, SetKey,
+// Command...), built on the First and Publish of the type embedding them.
+type calls struct {
+	via interface {
+		asker
+		publisher
+	}
+}
+
+// Targeting sends a request only to instances (gets and slipstream.*
+// commands) or clients (other commands) carrying at least one of tags, and
+// a data message only to the environments and clients carrying one of
+// them: the message's targetedTags.
+func Targeting(tags ...string) Option {
 	return func(m *slipstream.Message) { m.TargetedTags = append(m.TargetedTags, tags...) }
 }
 
 // WithMessageID gives the request its own messageId instead of a new one.
-func WithMessageID(id string) RequestOption {
+func WithMessageID(id string) Option {
 	return func(m *slipstream.Message) { m.MessageID = id }
 }
 
@@ -68,28 +84,36 @@ func (c *Client) First(ctx context.Context, m *slipstream.Message) (*slipstream.
 // deleted, is not found). Several instances may hold the key; use
 // Targeting to choose which ones are asked, and Request to read every
 // answer.
-func (c *Client) Get(ctx context.Context, key string, opts ...RequestOption) (json.RawMessage, bool, error) {
-	return c.get(ctx, slipstream.TypeGK, key, opts)
+func (k *calls) Get(ctx context.Context, key string, opts ...Option) (json.RawMessage, bool, error) {
+	return get(ctx, k.via, slipstream.TypeGK, key, opts)
 }
 
 // GetArray reads key as an array (GA): the key must have been set by SA,
 // otherwise the answer is a *ReplyError naming the type that set it.
-func (c *Client) GetArray(ctx context.Context, key string, opts ...RequestOption) ([]json.RawMessage, bool, error) {
-	v, found, err := c.get(ctx, slipstream.TypeGA, key, opts)
+func (k *calls) GetArray(ctx context.Context, key string, opts ...Option) ([]json.RawMessage, bool, error) {
+	return getArray(ctx, k.via, key, opts)
+}
+
+func getArray(ctx context.Context, a asker, key string, opts []Option) ([]json.RawMessage, bool, error) {
+	v, found, err := get(ctx, a, slipstream.TypeGA, key, opts)
 	if err != nil || !found {
 		return nil, found, err
 	}
-	var a []json.RawMessage
-	if err := json.Unmarshal(v, &a); err != nil {
+	var arr []json.RawMessage
+	if err := json.Unmarshal(v, &arr); err != nil {
 		return nil, true, fmt.Errorf("slipstream client: GA %q: the value is not an array: %w", key, err)
 	}
-	return a, true, nil
+	return arr, true, nil
 }
 
 // GetWeighted reads key as a weighted set (GW): member -> weight. The key
 // must have been set by SW, otherwise the answer is a *ReplyError.
-func (c *Client) GetWeighted(ctx context.Context, key string, opts ...RequestOption) (map[string]float64, bool, error) {
-	v, found, err := c.get(ctx, slipstream.TypeGW, key, opts)
+func (k *calls) GetWeighted(ctx context.Context, key string, opts ...Option) (map[string]float64, bool, error) {
+	return getWeighted(ctx, k.via, key, opts)
+}
+
+func getWeighted(ctx context.Context, a asker, key string, opts []Option) (map[string]float64, bool, error) {
+	v, found, err := get(ctx, a, slipstream.TypeGW, key, opts)
 	if err != nil || !found {
 		return nil, found, err
 	}
@@ -100,12 +124,12 @@ func (c *Client) GetWeighted(ctx context.Context, key string, opts ...RequestOpt
 	return w, true, nil
 }
 
-func (c *Client) get(ctx context.Context, t slipstream.Type, key string, opts []RequestOption) (json.RawMessage, bool, error) {
+func get(ctx context.Context, a asker, t slipstream.Type, key string, opts []Option) (json.RawMessage, bool, error) {
 	m := &slipstream.Message{Type: t, Key: key}
 	for _, o := range opts {
 		o(m)
 	}
-	reply, err := c.First(ctx, m)
+	reply, err := a.First(ctx, m)
 	if err != nil {
 		return nil, false, err
 	}
@@ -126,7 +150,11 @@ func (c *Client) get(ctx context.Context, t slipstream.Type, key string, opts []
 // for a connection whose listener has allow_commands (otherwise the
 // instance refuses with ERR forbidden, a *slipstream.Error); other commands
 // are answered by the clients they are delivered to.
-func (c *Client) Command(ctx context.Context, name string, args any, opts ...RequestOption) (json.RawMessage, error) {
+func (k *calls) Command(ctx context.Context, name string, args any, opts ...Option) (json.RawMessage, error) {
+	return command(ctx, k.via, name, args, opts)
+}
+
+func command(ctx context.Context, a asker, name string, args any, opts []Option) (json.RawMessage, error) {
 	m, err := NewCommand(name, args)
 	if err != nil {
 		return nil, err
@@ -134,7 +162,7 @@ func (c *Client) Command(ctx context.Context, name string, args any, opts ...Req
 	for _, o := range opts {
 		o(m)
 	}
-	reply, err := c.First(ctx, m)
+	reply, err := a.First(ctx, m)
 	if err != nil {
 		return nil, err
 	}
