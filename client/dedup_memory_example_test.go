@@ -18,7 +18,7 @@ func ExampleNewMemoryDedup() {
 	fmt.Println("first delivery:", r)
 
 	// The same message from the cluster group's other instance, while
-	// receiver-1 is still handling it: leave it unacknowledged.
+	// receiver-1 is still handling it: Subscribe waits for receiver-1.
 	r, _ = store.Claim(ctx, key, "receiver-2", 30*time.Second)
 	fmt.Println("redundant delivery:", r)
 

@@ -1,30 +1,63 @@
 // Package client is the Go SDK for applications that talk to a Slipstream
 // instance over its WebSocket protocol (PROTOCOL.md).
 //
-// A Client is one WebSocket connection to one instance. It publishes data
-// messages (SK, SA, SW, CMD) and waits for the instance's hop-by-hop ACK,
-// which means the message is durably stored and will reach every recipient;
-// it receives the messages routed to it on Deliveries and acknowledges them.
+// Most applications use a Session: it keeps them connected to their local
+// instance, redialling with backoff when the connection breaks and resuming
+// durable delivery where it stopped; its Publish and typed calls retry on
+// the next connection with the same messageId (the instance stores a
+// message once whatever the number of copies); Subscribe hands deliveries
+// to a handler and acknowledges each one after the handler returns nil.
 //
-//	c, err := client.Dial(ctx, "ws://127.0.0.1:7070/ws", client.Options{
-//		ID:   "payments-1",         // a durable link: deliveries wait for it while it is away
-//		Tags: []string{"payments"}, // targetedTags select links by these
+//	s, err := client.Connect(ctx, "ws://127.0.0.1:7070/ws", client.SessionOptions{
+//		Options: client.Options{
+//			ID:   "payments-1",         // a durable link: deliveries wait for it while it is away
+//			Tags: []string{"payments"}, // targetedTags select links by these
+//		},
 //	})
 //	if err != nil {
 //		return err
 //	}
-//	defer c.Close()
+//	defer s.Close()
 //
-//	ack, err := c.Publish(ctx, &slipstream.Message{
-//		Type:  slipstream.TypeSK,
-//		Key:   "order:123",
-//		Value: json.RawMessage(`{"status":"paid"}`),
-//	})
+//	go s.Subscribe(ctx, func(ctx context.Context, d *client.Delivery) error {
+//		return apply(ctx, d.Msg) // nil: ACK; an error: the instance sends it again
+//	}, client.SubscribeOptions{Dedup: client.NewMemoryDedup(0)})
+//
+//	_, err = s.SetKey(ctx, "order:123", map[string]string{"status": "paid"})
 //	var refused *slipstream.Error
 //	if errors.As(err, &refused) {
 //		// the instance answered ERR: refused.Code is "invalid", "too_large", ...
 //	}
 //
+// # Exactly once in effect
+//
+// The instance retries a delivery until the receiver's ACK arrives, so a
+// receiver can see a message again: the connection broke after the handler
+// ran and before the ACK was read, or an application connected to two
+// redundant instances of one cluster group receives each message from
+// both. SubscribeOptions.Dedup makes the handler run once per
+// (clusterGroupId, messageId) within a window: a receiver claims the
+// message in a DedupStore, runs the handler, marks it done and
+// acknowledges; a copy that finds it done is acknowledged without the
+// handler, and a copy that finds it claimed by another receiver waits for
+// that receiver's outcome. Three stores: MemoryDedup (bounded, one
+// process), client/redisdedup (SET NX with expiry: shared by receivers in
+// several processes) and client/badgerdedup (on disk: survives the
+// receiver's restarts).
+//
+// # One connection
+//
+// A Client is one WebSocket connection to one instance, the layer a
+// Session is built on and what tools use: it publishes data messages (SK,
+// SA, SW, CMD) and waits for the instance's hop-by-hop ACK, which means the
+// message is durably stored and will reach every recipient; it receives the
+// messages routed to it on Deliveries and acknowledges them.
+//
+//	c, err := client.Dial(ctx, "ws://127.0.0.1:7070/ws", client.Options{ID: "payments-1"})
+//	if err != nil {
+//		return err
+//	}
+//	defer c.Close()
 //	for d := range c.Deliveries() {
 //		apply(d.Msg)
 //		if err := d.Ack(); err != nil { // after the effect is durable
@@ -87,8 +120,7 @@
 //     ends every open request with it), and returns once the client's
 //     goroutines have ended.
 //
-// A Client is safe for concurrent use. It speaks one connection: when it
-// breaks, pending publishes and open requests fail with the connection's
-// error and Done is closed; reconnection and receiver-side dedup stores
-// build on this type.
+// Clients and Sessions are safe for concurrent use. A Client speaks one
+// connection: when it breaks, pending publishes and open requests fail with
+// the connection's error and Done is closed; a Session then redials.
 package client

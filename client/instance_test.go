@@ -32,6 +32,11 @@ func instanceHCL(t *testing.T, id string) string {
 // peers are websocket_client peer blocks (HCL) this instance dials.
 func configHCL(t *testing.T, id, cluster string, tags []string, peers string) string {
 	t.Helper()
+	return configText(id, cluster, tags, peers, t.TempDir())
+}
+
+// configText is configHCL with its data in dir.
+func configText(id, cluster string, tags []string, peers, dir string) string {
 	q := make([]string, len(tags))
 	for i, tag := range tags {
 		q[i] = fmt.Sprintf("%q", tag)
@@ -94,7 +99,7 @@ sink "websocket" "links" {
   ack_timeout  = "10s"
   max_attempts = 3
 }
-`, id, cluster, strings.Join(q, ", "), t.TempDir(), client, ref)
+`, id, cluster, strings.Join(q, ", "), dir, client, ref)
 }
 
 // startInstance runs an instance from hcl in-process and returns its

@@ -190,17 +190,23 @@ func TestSessionSubscribeAcksAfterHandlerAndRedeliversAfterError(t *testing.T) {
 func TestSessionSubscribeOnlyOnce(t *testing.T) {
 	url, _ := startInstance(t, instanceHCL(t, "inst-1"))
 	s := connect(t, url, client.SessionOptions{Options: client.Options{ID: "recv"}})
-	subscribe(t, s, func(context.Context, *client.Delivery) error { return nil }, client.SubscribeOptions{})
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
-		// Until the first Subscribe runs, this one does, for 50ms.
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		defer cancel()
-		err := s.Subscribe(ctx, nil, client.SubscribeOptions{})
-		if !errors.Is(err, client.ErrSubscribed) {
-			return fmt.Errorf("second Subscribe = %v, want ErrSubscribed", err)
+	running := make(chan struct{}, 1)
+	subscribe(t, s, func(context.Context, *client.Delivery) error {
+		select {
+		case running <- struct{}{}:
+		default:
 		}
 		return nil
-	})
+	}, client.SubscribeOptions{})
+	// A delivery handled: the first Subscribe runs.
+	pub := connect(t, url, client.SessionOptions{})
+	if _, err := pub.SetKey(within(t, 10*time.Second), "k", 1); err != nil {
+		t.Fatal(err)
+	}
+	<-running
+	if err := s.Subscribe(context.Background(), nil, client.SubscribeOptions{}); !errors.Is(err, client.ErrSubscribed) {
+		t.Errorf("second Subscribe = %v, want ErrSubscribed", err)
+	}
 	auto := connect(t, url, client.SessionOptions{Options: client.Options{AutoAck: true}})
 	if err := auto.Subscribe(context.Background(), nil, client.SubscribeOptions{}); err == nil || !strings.Contains(err.Error(), "AutoAck") {
 		t.Errorf("Subscribe on an AutoAck session = %v, want an error naming AutoAck", err)

@@ -37,8 +37,9 @@ type SubscribeOptions struct {
 	// outboxes).
 	Window time.Duration
 	// Lease is how long a claim on a key lasts while the handler runs; a
-	// receiver that crashes mid-handler blocks the message for at most this
-	// long. Default 30s; longer than the slowest handler.
+	// receiver that crashes mid-handler blocks the message (and the other
+	// receivers, which wait for its outcome) for at most this long. Default
+	// 30s; longer than the slowest handler.
 	Lease time.Duration
 	// OnError is called with each delivery left for redelivery and why: the
 	// handler's error, or the dedup store's. It runs on the subscriber's
