@@ -105,10 +105,11 @@ func subscribe(t *testing.T, s *client.Session, h client.Handler, o client.Subsc
 }
 
 // fastRedelivery makes an instance config send unacknowledged deliveries
-// again after 150ms.
+// again after 500ms (long enough for an ACK to be processed on a loaded
+// machine).
 func fastRedelivery(hcl string) string {
-	return strings.Replace(hcl, `ack_timeout  = "10s"`, `ack_timeout  = "150ms"
-  backoff_max  = "300ms"`, 1)
+	return strings.Replace(hcl, `ack_timeout  = "10s"`, `ack_timeout  = "500ms"
+  backoff_max  = "1s"`, 1)
 }
 
 func TestSessionSubscribeAcksAfterHandlerAndRedeliversAfterError(t *testing.T) {
@@ -156,7 +157,7 @@ func TestSessionSubscribeAcksAfterHandlerAndRedeliversAfterError(t *testing.T) {
 	})
 	// Every delivery that the handler accepted was acknowledged: after
 	// several ack timeouts nothing comes again.
-	time.Sleep(1200 * time.Millisecond)
+	time.Sleep(2 * time.Second)
 	if got := log.total(); got != 11 {
 		t.Errorf("handler calls = %d, want 11 (10 messages, k5 twice)", got)
 	}
