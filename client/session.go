@@ -311,13 +311,7 @@ func (s *Session) Publish(ctx context.Context, m *slipstream.Message) (*slipstre
 	if m.MessageID == "" {
 		m.MessageID = slipstream.NewMessageID()
 	}
-	var ack *slipstream.Message
-	err := s.retry(ctx, func(c *Client) error {
-		var err error
-		ack, err = c.Publish(ctx, m)
-		return err
-	})
-	return ack, err
+	return retried(ctx, s, func(c *Client) (*slipstream.Message, error) { return c.Publish(ctx, m) })
 }
 
 // First sends the request m and returns its first reply, as Client.First
@@ -329,13 +323,18 @@ func (s *Session) First(ctx context.Context, m *slipstream.Message) (*slipstream
 	if m.MessageID == "" {
 		m.MessageID = slipstream.NewMessageID()
 	}
-	var reply *slipstream.Message
+	return retried(ctx, s, func(c *Client) (*slipstream.Message, error) { return c.First(ctx, m) })
+}
+
+// retried is s.retry for a call that returns a value.
+func retried[T any](ctx context.Context, s *Session, call func(*Client) (T, error)) (T, error) {
+	var v T
 	err := s.retry(ctx, func(c *Client) error {
 		var err error
-		reply, err = c.First(ctx, m)
+		v, err = call(c)
 		return err
 	})
-	return reply, err
+	return v, err
 }
 
 // Close ends the session and its connection: pending calls fail with
