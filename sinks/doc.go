@@ -21,9 +21,12 @@
 //     full, the link is down, or the writer is still catching up, Notify
 //     drops the copy and the writer reads pages of 256 from the store
 //     (ReadOutbox) in seq order until it has caught up, then returns to
-//     memory. Caught up means: a short page, and nothing notified since the
-//     read began (every notified entry was committed before its Notify, so
-//     the read saw it). A notification at or below one already seen (an
+//     memory. Caught up means: a short page, and everything notified since
+//     the read began is in memory (every entry notified before was committed
+//     before its Notify, so the read saw it): while the writer reads, Notify
+//     keeps the copies again, within the same bounds, and the entries the
+//     read also returned are dropped from memory; if the queue overflowed,
+//     the writer reads again. A notification at or below one already seen (an
 //     out-of-order commit, e.g. a DLQ replay racing the persist stage)
 //     rewinds the store cursor; entries already loaded are skipped, and
 //     acknowledged ones are gone from the store. Whoever writes outbox

@@ -62,9 +62,10 @@ type Outbox struct {
 
 	// The inbox, guarded by mu.
 	mu           sync.Mutex
-	mem          []memEntry // notified entries, in seq order, while not behind
+	mem          []memEntry // notified entries, in seq order (while behind: since the writer's current read began)
 	memBytes     int
-	behind       bool     // the writer reads the store; Notify drops copies
+	behind       bool     // the writer reads the store
+	memLost      bool     // behind: mem misses entries notified since the current read began; Notify drops copies
 	lastNotified uint64   // highest seq notified
 	rewind       uint64   // lowest seq notified out of order (0: none)
 	floor        uint64   // no entry of the link below this seq is in the store (see head)
@@ -125,6 +126,7 @@ func newOutbox(s *WebSocket, l *link.Link) *Outbox {
 		wake:         make(chan struct{}, 1),
 		exited:       make(chan struct{}),
 		behind:       true, // entries may wait in the store from before
+		memLost:      true,
 		counting:     true, // until the writer has counted them (recount)
 	}
 	o.w.init()
@@ -160,7 +162,7 @@ func (o *Outbox) signal() {
 
 // dropMemLocked switches to reading the store. Called with mu held.
 func (o *Outbox) dropMemLocked() {
-	o.behind = true
+	o.behind, o.memLost = true, true
 	clear(o.mem) // let the frames go
 	o.mem = o.mem[:0]
 	o.memBytes = 0
@@ -204,7 +206,7 @@ func (o *Outbox) notify(seq uint64, frame []byte, m *slipstream.Message) {
 	}
 	o.lastNotified = max(o.lastNotified, seq)
 	switch {
-	case o.behind:
+	case o.behind && o.memLost:
 	case o.conn == nil || len(o.mem) >= o.s.cfg.MemoryQueue || o.memBytes+len(frame) > memoryBytes:
 		o.dropMemLocked()
 	default:

@@ -102,6 +102,9 @@ type WebSocket struct {
 	m     *metrics
 	// tracer makes one span per send (writer.go); nil: tracing is off.
 	tracer trace.Tracer
+	// afterRead, in tests, is called by a writer after each page it read
+	// from its outbox in the store (set before any writer starts).
+	afterRead func(link string)
 
 	mu       sync.Mutex
 	outboxes map[*Outbox]struct{}

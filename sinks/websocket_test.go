@@ -2,6 +2,7 @@ package sinks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	badger "github.com/dgraph-io/badger/v4"
 	"go.uber.org/goleak"
 
 	slipstream "github.com/slipstream-sync/slipstream"
@@ -482,13 +484,18 @@ func TestNotifiedHeaderIsUsed(t *testing.T) {
 	h := newHarness(t, t.TempDir(), nil)
 	defer h.close()
 
-	var rec recorder
-	l := h.attach("pi-1", true, rec.conn())
 	// A new writer reads its outbox from the store first; once it has
 	// caught up, notified entries come from memory.
-	h.publish(l, 0, 0)
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(0, 0)))
-	l.Outbox().Acked("c1", "m0")
+	var reads atomic.Int32
+	h.sink.afterRead = func(string) { reads.Add(1) }
+	var rec recorder
+	l := h.attach("pi-1", true, rec.conn())
+	checkFor(t, wait, time.Millisecond, func() error {
+		if reads.Load() == 0 {
+			return errors.New("no read yet")
+		}
+		return nil
+	})
 	seqs := h.put(l, 1, 3)
 	var batch []*pipeline.Envelope
 	for i, seq := range seqs {
@@ -501,7 +508,7 @@ func TestNotifiedHeaderIsUsed(t *testing.T) {
 	if err := h.sink.Deliver(context.Background(), batch); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(0, 3)))
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 3)))
 	ob := l.Outbox()
 	ob.Acked("c1", "m1") // the frame's id: not what the writer knows this entry by
 	for i := 1; i <= 3; i++ {
@@ -513,7 +520,174 @@ func TestNotifiedHeaderIsUsed(t *testing.T) {
 		}
 		return nil
 	})
-	if got := h.counter("acked"); got != 4 {
-		t.Errorf("acked counter = %v, want 4", got)
+	if got := h.counter("acked"); got != 3 {
+		t.Errorf("acked counter = %v, want 3", got)
 	}
+}
+
+// While the writer reads its outbox from the store, notifications keep
+// coming: Notify keeps them in memory again, and after a read that reached
+// the end the writer goes on from memory, without sending anything twice
+// or leaving anything out, whether memory overflowed meanwhile or not.
+func TestCatchUpWhileNotified(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	for _, mq := range []int{16, 512} {
+		t.Run(fmt.Sprintf("memory_queue=%d", mq), func(t *testing.T) {
+			h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) { c.MemoryQueue = mq; c.Window = 64 })
+			defer h.close()
+
+			var acks sync.WaitGroup
+			rec := recorder{then: func(id string, n int) {
+				acks.Add(1)
+				time.AfterFunc(time.Duration(n%3)*time.Millisecond, func() {
+					defer acks.Done()
+					h.links.Get("pi-1").Outbox().Acked("c1", id)
+				})
+			}}
+			l := h.attach("pi-1", true, rec.conn())
+			const n = 4000
+			for i := 1; i <= n; i += 20 {
+				h.publish(l, i, i+19)
+				if i%400 == 1 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			checkFor(t, 30*time.Second, 10*time.Millisecond, rec.wantSent(ids(1, n)))
+			checkFor(t, wait, 5*time.Millisecond, func() error {
+				if p := h.pending("pi-1"); p != 0 {
+					return fmt.Errorf("%d entries still pending", p)
+				}
+				return nil
+			})
+			acks.Wait()
+		})
+	}
+}
+
+// The same, step by step: notifications that arrive while the writer reads
+// the store, for entries the read returned (dropped from memory) and for
+// later ones (sent from memory); more of them than memory holds (the writer
+// reads again); and one committed out of order (the writer goes back).
+func TestCatchUpAfterRead(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	const window, mq = 8, 16
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) { c.MemoryQueue = mq; c.Window = window })
+	defer h.close()
+
+	// deliver notifies the sink of entries already committed, as fanout does.
+	deliver := func(l *link.Link, seqs []uint64, first int) {
+		var batch []*pipeline.Envelope
+		for i, seq := range seqs {
+			batch = append(batch, &pipeline.Envelope{Status: pipeline.Accepted, Encoded: frame(first + i),
+				Recipients: []string{l.ID()}, Seqs: []uint64{seq}})
+		}
+		_ = h.sink.Deliver(context.Background(), batch)
+	}
+	// Actions run by the writer right after a read of the store.
+	during := make(chan func(), 1)
+	var reads atomic.Int32
+	h.sink.afterRead = func(string) {
+		reads.Add(1)
+		select {
+		case f := <-during:
+			f()
+		default:
+		}
+	}
+	// The receiver ACKs at once when auto is set, else it holds the ACKs.
+	var (
+		auto atomic.Bool
+		mu   sync.Mutex
+		held []string
+	)
+	rec := recorder{then: func(id string, _ int) {
+		if auto.Load() {
+			h.links.Get("pi-1").Outbox().Acked("c1", id)
+			return
+		}
+		mu.Lock()
+		held = append(held, id)
+		mu.Unlock()
+	}}
+	l := h.attach("pi-1", true, rec.conn())
+	checkFor(t, wait, time.Millisecond, func() error { // the first read: nothing stored
+		if reads.Load() == 0 {
+			return errors.New("no read yet")
+		}
+		return nil
+	})
+	auto.Store(true)
+	var want []string
+	// behind queues action for the writer's next read, then notifies the
+	// stored entries seqs[:60] (messages first...) while holding the ACKs:
+	// more than the window, the ready queue and memory can hold, so the
+	// writer falls behind (it was not: the action runs during this step's
+	// first read), and lets the ACKs go.
+	behind := func(seqs []uint64, first int, action func()) {
+		t.Helper()
+		during <- action
+		auto.Store(false)
+		deliver(l, seqs[:60], first)
+		checkFor(t, wait, time.Millisecond, rec.wantSent(append(want, ids(first, first+window-1)...)))
+		auto.Store(true)
+		mu.Lock()
+		for _, id := range held {
+			h.links.Get("pi-1").Outbox().Acked("c1", id)
+		}
+		held = nil
+		mu.Unlock()
+	}
+
+	// 1..100 stored, 1..60 notified. While the writer reads, 61..70 (which
+	// the read returned) and 101..105 (committed after it) are notified.
+	seqs := h.put(l, 1, 100)
+	ran := make(chan struct{})
+	behind(seqs, 1, func() {
+		deliver(l, seqs[60:70], 61)
+		deliver(l, h.put(l, 101, 105), 101)
+		close(ran)
+	})
+	want = ids(1, 105)
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
+	<-ran
+	h.publish(l, 106, 110) // from memory
+	want = ids(1, 110)
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
+
+	// While the writer reads, 201..230 are stored and notified: more than
+	// memory holds, the writer reads them from the store.
+	behind(h.put(l, 111, 200), 111, func() { deliver(l, h.put(l, 201, 230), 201) })
+	want = ids(1, 230)
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
+
+	// Out of order (as a DLQ replay racing persist): seq s is taken before
+	// 291..300 but committed only while the writer reads up to 300 (after
+	// a new connection: a new session reads the store from the start), and
+	// notified before them. It is below the writer's cursor and was not
+	// read: the writer goes back to the store for it.
+	checkFor(t, wait, 5*time.Millisecond, func() error { // nothing pending: the new session re-sends nothing
+		if p := h.pending("pi-1"); p != 0 {
+			return fmt.Errorf("%d entries still pending", p)
+		}
+		return nil
+	})
+	h.put(l, 231, 290)
+	s := l.NextSeq()
+	later := h.put(l, 291, 300)
+	during <- func() {
+		if err := h.st.DB().Update(func(txn *badger.Txn) error { return txn.Set(store.OutboxKey(l.ID(), s), frame(999)) }); err != nil {
+			panic(err)
+		}
+		deliver(l, []uint64{s}, 999)
+		deliver(l, later, 291)
+	}
+	h.attach("pi-1", true, rec.conn())
+	want = append(ids(1, 300), "m999")
+	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if p := h.pending("pi-1"); p != 0 {
+			return fmt.Errorf("%d entries still pending", p)
+		}
+		return nil
+	})
 }

@@ -269,6 +269,11 @@ func (o *Outbox) load() {
 	behind, mem, rewind, notified := o.behind, o.mem, o.rewind, o.lastNotified
 	if !behind {
 		o.mem, o.memBytes = nil, 0
+	} else {
+		// From here on, Notify keeps what it is told in mem (unless it
+		// overflows): what the read below does not see, mem then holds.
+		clear(o.mem)
+		o.mem, o.memBytes, o.memLost = o.mem[:0], 0, false
 	}
 	o.rewind = 0
 	o.mu.Unlock()
@@ -286,20 +291,55 @@ func (o *Outbox) load() {
 		w.retryAt = time.Now().Add(storeRetry)
 		return
 	}
+	if o.s.afterRead != nil {
+		o.s.afterRead(o.id)
+	}
 	for _, en := range page {
 		o.admit(en.Seq, en.Frame, nil)
 	}
 	w.more = len(page) == pageSize
 	if !w.more {
 		// Every entry notified before the read was committed before it, so
-		// the read saw it: caught up, unless more came meanwhile.
+		// the read saw it: caught up, unless more came meanwhile and mem
+		// missed some of them.
 		w.cursor = max(w.cursor, notified+1)
 		o.mu.Lock()
-		if o.gen == w.gen && o.rewind == 0 && o.lastNotified == notified {
+		if o.gen == w.gen && o.rewind == 0 && (o.lastNotified == notified || !o.memLost && o.catchUpLocked()) {
 			o.behind = false
 		}
 		o.mu.Unlock()
 	}
+}
+
+// catchUpLocked is called, with mu held, after a read of the store that
+// reached its end while Notify kept the entries notified since the read
+// began in mem: mem then holds every entry the read did not return, and
+// the writer can go on from memory. It drops from mem the entries the read
+// returned (below the cursor, loaded and not sent yet). An entry below the
+// cursor that the read did not return was committed out of order: the
+// writer goes back to the store from there, and false is returned.
+func (o *Outbox) catchUpLocked() bool {
+	w := &o.w
+	var low uint64
+	kept := o.mem[:0]
+	o.memBytes = 0
+	for _, m := range o.mem {
+		switch {
+		case m.seq >= w.cursor:
+			kept = append(kept, m)
+			o.memBytes += len(m.frame)
+		case w.bySeq[m.seq] == nil && (low == 0 || m.seq < low):
+			low = m.seq
+		}
+	}
+	clear(o.mem[len(kept):])
+	o.mem = kept
+	if low != 0 {
+		w.cursor, w.more = low, true
+		o.dropMemLocked()
+		return false
+	}
+	return true
 }
 
 // canLoad reports whether the writer could send more right now: the link is
