@@ -455,15 +455,24 @@ func (r *Runner) trace(kind string, first bool, batch []*Envelope, before []Stat
 	}
 	name := "stage " + kind
 	for i, e := range batch {
+		// After the first stage, a message whose trace is not sampled gets
+		// no spans at all: the sampler (parent based) would only make
+		// non-recording ones, at the cost of an allocation each. Its
+		// context (valid, not sampled) still travels in the traceparent.
+		if !first {
+			if sc := trace.SpanContextFromContext(e.Ctx); sc.IsValid() && !sc.IsSampled() {
+				continue
+			}
+		}
 		ctx, span := r.Tracer.Start(e.Context(), name,
 			trace.WithTimestamp(start),
-			trace.WithSpanKind(trace.SpanKindInternal),
-			trace.WithAttributes(
+			trace.WithSpanKind(trace.SpanKindInternal))
+		if span.IsRecording() {
+			span.SetAttributes(
 				attribute.String("slipstream.pipeline", r.Name),
 				attribute.String("slipstream.stage", kind),
 				attribute.Int("slipstream.batch", len(batch)),
-			))
-		if span.IsRecording() {
+			)
 			if e.Msg != nil {
 				span.SetAttributes(
 					attribute.String("slipstream.type", string(e.Msg.Type)),

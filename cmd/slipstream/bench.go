@@ -44,6 +44,7 @@ type benchOptions struct {
 	Progress     time.Duration `json:"-"`
 	CPUProfile   string        `json:"-"`
 	MemProfile   string        `json:"-"`
+	TraceSample  float64       `json:"trace_sample,omitempty"` // -1: tracing off (the default config's)
 	DurationText string        `json:"duration"`
 }
 
@@ -85,6 +86,7 @@ Flags:
 	fs.BoolVar(&o.JSON, "json", false, "print the summary as JSON")
 	fs.DurationVar(&o.Progress, "progress", time.Second, "interval of the progress line on stderr (0: none)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole process (instance, relay and clients) to this file")
+	fs.Float64Var(&o.TraceSample, "trace-sample", -1, "in-process only: turn tracing on with this sample_ratio (0..1), spans exported to the stdout exporter and discarded, to measure tracing's cost; -1: off, as in the default config")
 	fs.StringVar(&o.MemProfile, "memprofile", "", "write a heap profile of the whole process to this file when the measured load has been delivered (before any connection closes; not for the baseline)")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
@@ -114,6 +116,12 @@ Flags:
 		return nil, &usageError{"-size must be between 0 and 1048576"}
 	case o.Mesh != "" && meshShapes[o.Mesh] == nil:
 		return nil, &usageError{fmt.Sprintf("unknown -mesh %q (known: %s)", o.Mesh, meshShapeNames())}
+	case o.TraceSample != -1 && (o.TraceSample < 0 || o.TraceSample > 1 || math.IsNaN(o.TraceSample)):
+		return nil, &usageError{"-trace-sample must be between 0 and 1 (or -1: tracing off)"}
+	case o.TraceSample != -1 && o.Mesh != "":
+		return nil, &usageError{"-trace-sample is for the single in-process instance, not -mesh"}
+	case o.TraceSample != -1 && o.URL != "":
+		return nil, &usageError{"-trace-sample configures in-process instances; with -url, set tracing in the instance's config"}
 	case o.Mesh != "" && o.URL != "":
 		return nil, &usageError{"-mesh runs its own instances; it cannot be used with -url"}
 	}
@@ -234,7 +242,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // benchLocal runs the load against an in-process instance and stops it
 // (removing its data) before returning.
 func benchLocal(ctx context.Context, o *benchOptions, stderr io.Writer) (*loadResult, error) {
-	local, err := startLocal(stderr, localSpec{})
+	local, err := startLocal(stderr, localSpec{Trace: o.TraceSample >= 0, TraceSample: o.TraceSample})
 	if err != nil {
 		return nil, fmt.Errorf("bench: start the in-process instance: %w", err)
 	}

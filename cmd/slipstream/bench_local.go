@@ -35,6 +35,11 @@ type localSpec struct {
 	Tags   []string             // instance.tags (nil: the default's)
 	Listen string               // the websocket_server's address ("": 127.0.0.1:0)
 	Peers  []sources.PeerConfig // dialled by the websocket_client source
+	// Trace turns tracing on with sample ratio TraceSample, exported by the
+	// stdout exporter into io.Discard: the cost of tracing without a
+	// collector's network. Off: the default config's (no tracing).
+	Trace       bool
+	TraceSample float64
 }
 
 // Redials between the instances of a mesh: fast, and never giving up, so
@@ -56,6 +61,9 @@ func startLocal(logs io.Writer, spec localSpec) (*localInstance, error) {
 	}
 	if spec.Listen == "" {
 		spec.Listen = "127.0.0.1:0"
+	}
+	if spec.Trace {
+		cfg.Tracing.Exporter, cfg.Tracing.SampleRatio = "stdout", spec.TraceSample
 	}
 	var ingress string
 	var peers []string
