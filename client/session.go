@@ -26,11 +26,12 @@ type SessionOptions struct {
 	// together. Defaults: 100ms and 10s.
 	MinBackoff, MaxBackoff time.Duration
 	// OnConnect is called with the instance's HELLO (nil without an ID) each
-	// time a connection is up, from the session's goroutine; it must not
-	// block.
+	// time a connection is up (the first time from Connect, then from the
+	// session's goroutine); it must not block.
 	OnConnect func(hello *slipstream.Message)
 	// OnDisconnect is called with the reason each time a connection ends or
-	// a redial fails, from the session's goroutine; it must not block.
+	// a dial fails (from Connect while it retries, then from the session's
+	// goroutine); it must not block.
 	OnDisconnect func(err error)
 }
 
