@@ -36,16 +36,17 @@ func (c *DedupConfig) clock() *commitClock {
 	return c.commits
 }
 
-// commitClock is what persist tells dedup about its group commits, so that
-// dedup's early check never waits for one in flight.
+// commitClock is what persist tells dedup about its work, so that dedup's
+// early check never waits for a group commit and is not made twice under
+// load.
 //
 // Every Badger read transaction waits, when it starts, for every commit
 // already under way (its fsync included): a fresh snapshot per batch would
 // make dedup wait for persist's previous batch, in lockstep with it, and
 // each message would wait for two fsyncs instead of one. So while persist
-// is committing, dedup only marks the repeats within its batch and leaves
-// the store lookup to persist, which makes it anyway inside its write
-// transaction (the authoritative check: a copy may be between the two
+// is processing a batch, dedup only marks the repeats within its batch and
+// leaves the store lookup to persist, which makes it anyway inside its
+// write transaction (the authoritative check: a copy may be between the two
 // stages); under load that is most batches, and each message is looked up
 // once instead of twice. When persist is idle, dedup looks the markers up
 // in a read snapshot that it keeps while it is as good as a fresh one
@@ -55,8 +56,21 @@ func (c *DedupConfig) clock() *commitClock {
 // expiry is judged when they are read), so a snapshot that holds a marker
 // is never wrong about it.
 type commitClock struct {
-	done     atomic.Uint64 // commits persist completed (or failed)
-	inFlight atomic.Int32  // commits under way
+	done atomic.Uint64 // commits persist completed (or failed)
+	busy atomic.Int32  // persist is processing a batch (its commits included)
+}
+
+// enter and leave bracket persist's Process.
+func (c *commitClock) enter() {
+	if c != nil {
+		c.busy.Add(1)
+	}
+}
+
+func (c *commitClock) leave() {
+	if c != nil {
+		c.busy.Add(-1)
+	}
 }
 
 // commit runs persist's commit fn, counting it.
@@ -64,10 +78,8 @@ func (c *commitClock) commit(fn func() error) error {
 	if c == nil {
 		return fn()
 	}
-	c.inFlight.Add(1)
 	err := fn()
-	c.done.Add(1) // before inFlight drops: whoever sees 0 in flight sees the count
-	c.inFlight.Add(-1)
+	c.done.Add(1)
 	return err
 }
 
@@ -158,9 +170,9 @@ func (d *Dedup) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*pip
 	}
 	clear(d.seen)
 	var txn *badger.Txn
-	if d.clock.inFlight.Load() == 0 {
+	if d.clock.busy.Load() == 0 {
 		txn = d.snapshot()
-	} // else persist is committing: its own lookup will do (see commitClock)
+	} // else persist is at work: its own lookup will do (see commitClock)
 	for _, e := range batch {
 		if !isData(e) {
 			continue

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -147,5 +148,48 @@ func TestDedupConfig(t *testing.T) {
 	}
 	if cfg := stageConfig(t, `stage "dedup" { window = "90m" }`).(*DedupConfig); cfg.Window != 90*time.Minute {
 		t.Errorf("window = %v, want 1h30m", cfg.Window)
+	}
+}
+
+// dedup never waits for persist: while persist is at work on a batch, dedup
+// only marks the repeats within its own batch and persist makes the store
+// lookup (a copy of a stored message still ends up a duplicate, found by
+// persist); when persist is idle, dedup looks up, in a snapshot that sees
+// every commit persist completed.
+func TestDedupLeavesLookupToBusyPersist(t *testing.T) {
+	h := newHarness(t)
+	h.bc.StageKinds = []string{"dedup", "persist"}
+	dd := h.stage(`stage "dedup" { window = "1h" }`)
+	ps := h.stage(`stage "persist" {}`)
+	h.attach(link.Spec{ID: "aws-1", Tags: []string{"aws"}, Peer: true, Acks: true, Durable: true})
+	clock := h.bc.StageConfigs["dedup"].(*DedupConfig).clock()
+	copyOf := func(id string) *pipeline.Envelope { return routed(t, sk(id, cluster, selfID), "aws-1") }
+
+	// Idle persist: dedup sees what persist committed, batch after batch
+	// (its kept snapshot is renewed after each commit).
+	for _, id := range []string{"a", "b", "c"} {
+		e := copyOf(id)
+		process(t, dd, e)
+		process(t, ps, e)
+		if e.Status != pipeline.Accepted {
+			t.Fatalf("%s: %v, want accepted", id, e.Status)
+		}
+		dup := copyOf(id)
+		if process(t, dd, dup); dup.Status != pipeline.Duplicate {
+			t.Fatalf("copy of %s after its commit: dedup says %v, want duplicate", id, dup.Status)
+		}
+	}
+
+	// Busy persist: dedup does not look up; persist does.
+	clock.enter()
+	old, again, twice := copyOf("a"), copyOf("new"), copyOf("new")
+	process(t, dd, old, again, twice)
+	if got := statuses([]*pipeline.Envelope{old, again, twice}); !equalStatuses(got, []pipeline.Status{pipeline.Accepted, pipeline.Accepted, pipeline.Duplicate}) {
+		t.Errorf("dedup with persist busy: %v, want [accepted accepted duplicate] (no lookup; repeats in the batch marked)", got)
+	}
+	clock.leave()
+	process(t, ps, old, again, twice)
+	if old.Status != pipeline.Duplicate || again.Status != pipeline.Accepted {
+		t.Errorf("persist: copy of a stored message %v, new message %v; want duplicate, accepted", old.Status, again.Status)
 	}
 }

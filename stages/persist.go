@@ -58,7 +58,8 @@ type Persist struct {
 	// claims, with dedup's store = "redis", claims the committed messages
 	// for this instance in the cluster group's Redis (stages/claim.go).
 	claims *claimer
-	// clock tells dedup about the commits (nil without a dedup stage).
+	// clock tells dedup about the batches and commits (nil without a dedup
+	// stage).
 	clock *commitClock
 	seen  map[string]struct{}
 }
@@ -72,6 +73,8 @@ var _ pipeline.Stage = (*Persist)(nil)
 // messages that were not committed Failed (no ACK: their senders
 // retransmit) and passes the committed ones on.
 func (p *Persist) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*pipeline.Envelope, error) {
+	p.clock.enter()
+	defer p.clock.leave()
 	if p.seen == nil {
 		p.seen = make(map[string]struct{}, len(batch))
 	}
