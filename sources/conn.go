@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,8 +25,12 @@ const (
 	// more closes the connection as a slow consumer. The reader keeps
 	// in-flight messages plus queued control frames under MaxInFlight, so a
 	// remote that reads its ACKs slowly is slowed down (TCP back-pressure)
-	// long before this is reached.
+	// long before this is reached. The queue grows with what waits and is
+	// given back once drained: an idle connection holds none of it.
 	ControlQueue = 2048
+	// keptControl is the capacity of a drained control queue kept for reuse;
+	// a larger one (after a burst) is dropped.
+	keptControl = 64
 	// MaxInFlight bounds a connection's messages inside the pipeline plus its
 	// control frames waiting to be written; reading pauses at the bound.
 	MaxInFlight = 1024
@@ -49,7 +54,9 @@ var ErrConnClosed = errors.New("websocket connection closed")
 // source that owns it reads frames with readFrame from a single goroutine.
 //
 // One writer goroutine per connection owns every data write; control frames
-// are preferred over data. Close may be called from any goroutine.
+// are preferred over data. It runs only while there is something to write (a
+// frame, a ping due, the close): an idle connection has none. Close may be
+// called from any goroutine.
 type Conn struct {
 	ws     *websocket.Conn
 	remote string
@@ -58,10 +65,22 @@ type Conn struct {
 	hb     HeartbeatConfig
 	log    *slog.Logger
 
-	control chan []byte
+	cmu     sync.Mutex
+	control [][]byte     // queued control frames, oldest at control[chead]; guarded by cmu
+	chead   int          // index of the oldest queued control frame
+	ctlLen  atomic.Int64 // len(control) - chead, for waitRoom and the writer
 	data    chan []byte
 	done    chan struct{} // closed by Close: no more sends accepted
 	exited  chan struct{} // closed when the writer has closed the socket
+
+	wmu      sync.Mutex
+	writing  bool        // a writer goroutine runs; guarded by wmu
+	pingDue  atomic.Bool // the heartbeat timer fired: the writer pings
+	pingTime *time.Timer // arms pingDue every heartbeat interval
+
+	hmu       sync.Mutex
+	exitHooks []func() // run by the writer once the socket is closed
+	hooksRan  bool
 
 	closeOnce   sync.Once
 	closeCode   int // 0: the socket broke, no close frame
@@ -81,25 +100,29 @@ var (
 )
 
 // newConn wraps an upgraded (dialed false) or dialled (dialed true)
-// connection and starts its writer and heartbeat. readLimit is gorilla's
+// connection and starts its heartbeat. readLimit is gorilla's
 // hard cap: a frame over it closes the connection with 1009.
 func newConn(ws *websocket.Conn, dialed bool, hb HeartbeatConfig, readLimit int64, log *slog.Logger) *Conn {
 	c := &Conn{
-		ws:      ws,
-		remote:  ws.RemoteAddr().String(),
-		local:   ws.LocalAddr().String(),
-		dialed:  dialed,
-		hb:      hb,
-		log:     log,
-		control: make(chan []byte, ControlQueue),
-		data:    make(chan []byte, dataQueue),
-		done:    make(chan struct{}),
-		exited:  make(chan struct{}),
-		room:    make(chan struct{}, 1),
+		ws:     ws,
+		remote: ws.RemoteAddr().String(),
+		local:  ws.LocalAddr().String(),
+		dialed: dialed,
+		hb:     hb,
+		log:    log,
+		data:   make(chan []byte, dataQueue),
+		done:   make(chan struct{}),
+		exited: make(chan struct{}),
+		room:   make(chan struct{}, 1),
 	}
 	ws.SetReadLimit(readLimit)
 	c.startHeartbeat()
-	go c.writeLoop()
+	// Armed once assigned, so that its func (and the writer it kicks) sees it.
+	c.pingTime = time.AfterFunc(math.MaxInt64, func() {
+		c.pingDue.Store(true)
+		c.kick()
+	})
+	c.pingTime.Reset(hb.Interval)
 	return c
 }
 
@@ -113,13 +136,81 @@ func (c *Conn) SendControl(frame []byte) bool {
 		return false
 	default:
 	}
-	select {
-	case c.control <- frame:
-		return true
-	default:
+	if !c.pushControl(frame) {
 		c.log.Warn("closing a slow consumer: its control queue is full", "remote", c.remote, "queue", ControlQueue)
 		c.Close(websocket.ClosePolicyViolation, "slow consumer")
 		return false
+	}
+	return true
+}
+
+// pushControl queues a control frame for the writer; false when ControlQueue
+// frames are waiting already.
+func (c *Conn) pushControl(frame []byte) bool {
+	c.cmu.Lock()
+	if len(c.control)-c.chead >= ControlQueue {
+		c.cmu.Unlock()
+		return false
+	}
+	if c.chead > 0 && len(c.control) == cap(c.control) && c.chead >= len(c.control)/2 {
+		// Slide the waiting frames down instead of growing: a queue that
+		// never drains completely stays within twice what waits.
+		n := copy(c.control, c.control[c.chead:])
+		clear(c.control[n:])
+		c.control, c.chead = c.control[:n], 0
+	}
+	c.control = append(c.control, frame)
+	c.ctlLen.Add(1)
+	c.cmu.Unlock()
+	c.kick()
+	return true
+}
+
+// popControl takes the oldest queued control frame, if any.
+func (c *Conn) popControl() ([]byte, bool) {
+	c.cmu.Lock()
+	defer c.cmu.Unlock()
+	if c.chead == len(c.control) {
+		return nil, false
+	}
+	f := c.control[c.chead]
+	c.control[c.chead] = nil
+	c.chead++
+	c.ctlLen.Add(-1)
+	if c.chead == len(c.control) { // drained
+		if cap(c.control) > keptControl {
+			c.control = nil
+		} else {
+			c.control = c.control[:0]
+		}
+		c.chead = 0
+	}
+	return f, true
+}
+
+// afterExit has f run once the writer has closed the socket (at once when it
+// has already): a watcher without a goroutine of its own per connection.
+func (c *Conn) afterExit(f func()) {
+	c.hmu.Lock()
+	if !c.hooksRan {
+		c.exitHooks = append(c.exitHooks, f)
+		c.hmu.Unlock()
+		return
+	}
+	c.hmu.Unlock()
+	f()
+}
+
+// exit closes Exited and runs the afterExit hooks, on the writer's way out.
+func (c *Conn) exit() {
+	c.pingTime.Stop()
+	close(c.exited)
+	c.hmu.Lock()
+	hooks := c.exitHooks
+	c.exitHooks, c.hooksRan = nil, true
+	c.hmu.Unlock()
+	for _, f := range hooks {
+		f()
 	}
 }
 
@@ -135,6 +226,7 @@ func (c *Conn) SendData(ctx context.Context, frame []byte) error {
 	}
 	select {
 	case c.data <- frame:
+		c.kick()
 		return nil
 	case <-c.done:
 		return ErrConnClosed
@@ -159,6 +251,7 @@ func (c *Conn) Close(code int, reason string) {
 		close(c.done)
 		// Cut short a write stuck on a peer that does not read.
 		_ = c.ws.UnderlyingConn().SetWriteDeadline(time.Now().Add(closeWait))
+		c.kick() // the writer sends the close frame and closes the socket
 	})
 }
 
@@ -190,37 +283,69 @@ func (c *Conn) closedLocally() (int, string) {
 	}
 }
 
-// writeLoop is the connection's only data writer: control frames first,
-// then data frames, and a ping every heartbeat interval. It ends when Close
-// is called or a write fails, closing the socket on its way out.
+// kick makes sure a writer goroutine runs: one is started when none does.
+// Called after anything was queued for it (a frame, a ping due, Close).
+func (c *Conn) kick() {
+	c.wmu.Lock()
+	if c.writing {
+		c.wmu.Unlock()
+		return
+	}
+	c.writing = true
+	c.wmu.Unlock()
+	go c.writeLoop()
+}
+
+// writeLoop is the connection's only data writer: a ping when one is due
+// (so that a busy connection still pings), then control frames, then data
+// frames. It returns when nothing is left to write (kick starts it again),
+// or, once Close was called or a write failed, after closing the socket;
+// after that no writer runs again.
 func (c *Conn) writeLoop() {
-	defer close(c.exited)
-	ping := time.NewTicker(c.hb.Interval)
-	defer ping.Stop()
 	for {
 		select {
 		case <-c.done:
 			c.finish()
-			return
+			c.exit()
+			return // writing stays true: no writer after this one
 		default:
 		}
+		if c.pingDue.CompareAndSwap(true, false) {
+			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
+				c.broken(err)
+			}
+			c.pingTime.Reset(c.hb.Interval)
+			continue
+		}
+		if f, ok := c.popControl(); ok {
+			c.writeBurst(f)
+			continue
+		}
 		select {
-		case f := <-c.control:
+		case f := <-c.data:
 			c.writeBurst(f)
 			continue
 		default:
 		}
-		select {
-		case <-c.done:
-		case f := <-c.control:
-			c.writeBurst(f)
-		case f := <-c.data:
-			c.writeBurst(f)
-		case <-ping.C:
-			if err := c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait)); err != nil {
-				c.broken(err)
-			}
+		// Nothing to write. A frame queued after these checks is followed by
+		// a kick, which waits for wmu and then finds writing false.
+		c.wmu.Lock()
+		if c.ctlLen.Load() == 0 && len(c.data) == 0 && !c.pingDue.Load() && !c.isDone() {
+			c.writing = false
+			c.wmu.Unlock()
+			return
 		}
+		c.wmu.Unlock()
+	}
+}
+
+// isDone reports whether Done is closed.
+func (c *Conn) isDone() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -245,7 +370,7 @@ func (c *Conn) track(e *pipeline.Envelope) {
 // pipeline plus its queued control frames reach MaxInFlight. It returns
 // false when the connection closes meanwhile.
 func (c *Conn) waitRoom() bool {
-	for c.inflight.Load()+int64(len(c.control)) >= MaxInFlight {
+	for c.inflight.Load()+c.ctlLen.Load() >= MaxInFlight {
 		select {
 		case <-c.room:
 		case <-c.done:
@@ -270,9 +395,8 @@ func (c *Conn) writeBurst(f []byte) {
 	c.write(f)
 burst:
 	for n := 1; n < maxBurst; n++ {
-		select {
-		case f = <-c.control:
-		default:
+		var ok bool
+		if f, ok = c.popControl(); !ok {
 			select {
 			case f = <-c.data:
 			default:
@@ -321,15 +445,10 @@ func (c *Conn) finish() {
 	}
 	deadline := c.closeBy
 	_ = c.ws.SetWriteDeadline(deadline)
-flush:
 	for {
-		select {
-		case f := <-c.control:
-			if c.ws.WriteMessage(websocket.TextMessage, f) != nil {
-				break flush
-			}
-		default:
-			break flush
+		f, ok := c.popControl()
+		if !ok || c.ws.WriteMessage(websocket.TextMessage, f) != nil {
+			break
 		}
 	}
 	_ = c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, c.closeReason), deadline)

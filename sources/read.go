@@ -64,6 +64,9 @@ type reader struct {
 // reading was stopped (shutdown, or emit refused): c stays attached so that
 // ACKs of messages in flight reach the remote. Any other error means c was
 // detached from its link and closed.
+//
+// The loop itself is kept small, and what a frame leads to is in handle:
+// an idle connection's goroutine waits in the read with a small stack.
 func (r *reader) run(c *Conn, l *link.Link) (*link.Link, error) {
 	first, bad := true, 0
 	var idle *time.Timer
@@ -77,67 +80,87 @@ func (r *reader) run(c *Conn, l *link.Link) (*link.Link, error) {
 			return l, errClosedMeanwhile
 		}
 		frame, refusal, err := c.readFrame(r.maxFrame)
-		if idle != nil && err == nil {
+		if err != nil {
+			return r.readFailed(c, l, err)
+		}
+		if idle != nil {
 			idle.Reset(r.idle)
 		}
-		if err != nil {
-			if c.ReadingStopped() {
-				return l, nil
-			}
-			code, reason := closeCodeFor(err)
-			r.links.Detach(l, c)
-			c.Close(code, reason)
+		var stop bool
+		if l, stop, err = r.handle(c, l, frame, refusal, &first, &bad); stop {
 			return l, err
 		}
-		if refusal == nil && first {
-			first = false
-			if r.first != nil {
-				next, err := r.first(c, l, frame)
-				switch {
-				case err == nil && next != nil:
-					l, bad = next, 0
-					if r.current != nil {
-						r.current(c, l)
-					}
-					continue
-				case err != nil && !errors.As(err, &refusal):
-					r.links.Detach(l, c) // the hook closed c; no-op if it moved
-					return l, err
+	}
+}
+
+// readFailed ends the read loop of c after a read error (see run).
+//
+//go:noinline
+func (r *reader) readFailed(c *Conn, l *link.Link, err error) (*link.Link, error) {
+	if c.ReadingStopped() {
+		return l, nil
+	}
+	code, reason := closeCodeFor(err)
+	r.links.Detach(l, c)
+	c.Close(code, reason)
+	return l, err
+}
+
+// handle deals with one frame read from c (a refusal when readFrame refused
+// it), for run: it returns the link c now belongs to, and stop with run's
+// result when the loop must end.
+//
+//go:noinline
+func (r *reader) handle(c *Conn, l *link.Link, frame []byte, refusal *slipstream.Error, first *bool, bad *int) (_ *link.Link, stop bool, _ error) {
+	if refusal == nil && *first {
+		*first = false
+		if r.first != nil {
+			next, err := r.first(c, l, frame)
+			switch {
+			case err == nil && next != nil:
+				*bad = 0
+				if r.current != nil {
+					r.current(c, next)
 				}
-				// A refusal is answered below and counts as a bad frame.
+				return next, false, nil
+			case err != nil && !errors.As(err, &refusal):
+				r.links.Detach(l, c) // the hook closed c; no-op if it moved
+				return l, true, err
 			}
-		}
-		if refusal != nil {
-			if bad++; bad > maxBadFrames {
-				r.links.Detach(l, c)
-				c.Close(websocket.ClosePolicyViolation, "too many bad frames")
-				return l, errTooManyBadFrames
-			}
-			c.SendControl(slipstream.Encode(refusal.Frame()))
-			continue
-		}
-		bad = 0
-		if r.rate != nil {
-			if refused, cutOff := r.rate.take(len(frame)); refused {
-				if r.rateLimited != nil {
-					r.rateLimited()
-				}
-				if cutOff {
-					r.links.Detach(l, c)
-					c.Close(websocket.ClosePolicyViolation, "rate limit exceeded for too long")
-					return l, errRateAbuse
-				}
-				c.SendControl(slipstream.Encode(slipstream.NewErr(frameID(frame), slipstream.CodeRateLimited,
-					"rate limit exceeded: slow down and send it again")))
-				continue
-			}
-		}
-		e := &pipeline.Envelope{Raw: frame, From: l, Received: time.Now()}
-		c.track(e)
-		if !r.emit(e) {
-			e.Done()
-			c.StopReading() // the pipeline is shutting down
-			return l, nil
+			// A refusal is answered below and counts as a bad frame.
 		}
 	}
+	if refusal != nil {
+		if *bad++; *bad > maxBadFrames {
+			r.links.Detach(l, c)
+			c.Close(websocket.ClosePolicyViolation, "too many bad frames")
+			return l, true, errTooManyBadFrames
+		}
+		c.SendControl(slipstream.Encode(refusal.Frame()))
+		return l, false, nil
+	}
+	*bad = 0
+	if r.rate != nil {
+		if refused, cutOff := r.rate.take(len(frame)); refused {
+			if r.rateLimited != nil {
+				r.rateLimited()
+			}
+			if cutOff {
+				r.links.Detach(l, c)
+				c.Close(websocket.ClosePolicyViolation, "rate limit exceeded for too long")
+				return l, true, errRateAbuse
+			}
+			c.SendControl(slipstream.Encode(slipstream.NewErr(frameID(frame), slipstream.CodeRateLimited,
+				"rate limit exceeded: slow down and send it again")))
+			return l, false, nil
+		}
+	}
+	e := &pipeline.Envelope{Raw: frame, From: l, Received: time.Now()}
+	c.track(e)
+	if !r.emit(e) {
+		e.Done()
+		c.StopReading() // the pipeline is shutting down
+		return l, true, nil
+	}
+	return l, false, nil
 }

@@ -73,10 +73,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c := newConn(ws, false, s.cfg.Heartbeat, hardFrameFactor*int64(s.cfg.MaxFrame), s.log)
 	admitted = false // released when the connection is gone
-	go func() {
-		<-c.Exited()
-		s.acc.release(r.RemoteAddr)
-	}()
+	remote := r.RemoteAddr
+	c.afterExit(func() { s.acc.release(remote) })
 
 	s.mu.Lock()
 	if s.stopping {
@@ -88,17 +86,15 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.readers.Add(1)
 	emit := s.emit
 	s.mu.Unlock()
-	go func() { // forget the connection once its writer is done
-		<-c.Exited()
+	c.afterExit(func() { // forget the connection once its writer is done
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
-	}()
-	defer s.readers.Done()
-
+	})
 	l, err := s.links.Attach(spec, c)
 	if err != nil {
 		s.refuseAttach(c, spec.ID, err)
+		s.readers.Done()
 		return
 	}
 	s.setLink(c, l)
@@ -116,7 +112,24 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			return next, err
 		}}
-	l, err = rd.run(c, l)
+	// Read on a goroutine of its own and return: net/http then lets go of
+	// what it holds for the request (its 4 KiB write buffer, the request,
+	// this handler's deep stack), which an idle connection would otherwise
+	// keep for as long as it stays open.
+	go s.readConn(rd, c, l)
+}
+
+// readConn runs the read loop of an attached connection until it ends
+// (readers counts it). Its goroutine starts with nothing deeper than the
+// loop, so that the stack of an idle connection stays small.
+func (s *Server) readConn(rd *reader, c *Conn, l *link.Link) {
+	defer s.readers.Done()
+	l, err := rd.run(c, l)
+	s.readEnded(c, l, err)
+}
+
+// readEnded logs why the read loop of c, last attached to l, ended.
+func (s *Server) readEnded(c *Conn, l *link.Link, err error) {
 	switch {
 	case err == nil, errors.Is(err, link.ErrDuplicate):
 	case errors.Is(err, errRateAbuse):

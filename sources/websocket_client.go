@@ -260,12 +260,11 @@ func (c *Client) track(cn *Conn) bool {
 	}
 	c.conns[cn] = nil
 	c.mu.Unlock()
-	go func() {
-		<-cn.Exited()
+	cn.afterExit(func() {
 		c.mu.Lock()
 		delete(c.conns, cn)
 		c.mu.Unlock()
-	}()
+	})
 	return true
 }
 

@@ -114,6 +114,11 @@ func init() {
 	})
 }
 
+// writeBuffers are the write buffers of every connection of the websocket
+// sources: gorilla takes one for each frame it writes and gives it back once
+// the frame is written.
+var writeBuffers websocket.BufferPool = &sync.Pool{}
+
 // Server is the websocket_server source. Its methods are safe for
 // concurrent use.
 type Server struct {
@@ -201,9 +206,14 @@ func NewServer(cfg ServerConfig, bc *pipeline.BuildContext) (*Server, error) {
 		m:      m,
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: cfg.Limits.HandshakeTimeout,
-			ReadBufferSize:   4096,
-			WriteBufferSize:  4096,
-			CheckOrigin:      acc.checkOrigin,
+			// 0: gorilla reads through net/http's 4 KiB buffer of the
+			// hijacked connection rather than allocating another.
+			ReadBufferSize: 1024,
+			// Writes take a buffer from the pool for one frame: an idle
+			// connection holds none.
+			WriteBufferSize: 4096,
+			WriteBufferPool: writeBuffers,
+			CheckOrigin:     acc.checkOrigin,
 		},
 		conns:  map[*Conn]*link.Link{},
 		closed: make(chan struct{}),
