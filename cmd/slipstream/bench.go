@@ -45,6 +45,7 @@ type benchOptions struct {
 	CPUProfile   string        `json:"-"`
 	MemProfile   string        `json:"-"`
 	TraceSample  float64       `json:"trace_sample,omitempty"` // -1: tracing off (the default config's)
+	PID          int           `json:"pid,omitempty"`
 	DurationText string        `json:"duration"`
 }
 
@@ -86,6 +87,7 @@ Flags:
 	fs.BoolVar(&o.JSON, "json", false, "print the summary as JSON")
 	fs.DurationVar(&o.Progress, "progress", time.Second, "interval of the progress line on stderr (0: none)")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole process (instance, relay and clients) to this file")
+	fs.IntVar(&o.PID, "pid", 0, "with -url: the instance's process id on this machine, whose CPU and RSS the summary reports (in-process: this process's)")
 	fs.Float64Var(&o.TraceSample, "trace-sample", -1, "in-process only: turn tracing on with this sample_ratio (0..1), spans exported to the stdout exporter and discarded, to measure tracing's cost; -1: off, as in the default config")
 	fs.StringVar(&o.MemProfile, "memprofile", "", "write a heap profile of the whole process to this file when the measured load has been delivered (before any connection closes; not for the baseline)")
 	if err := fs.Parse(args); err != nil {
@@ -122,6 +124,8 @@ Flags:
 		return nil, &usageError{"-trace-sample is for the single in-process instance, not -mesh"}
 	case o.TraceSample != -1 && o.URL != "":
 		return nil, &usageError{"-trace-sample configures in-process instances; with -url, set tracing in the instance's config"}
+	case o.PID != 0 && (o.URL == "" || o.PID < 0):
+		return nil, &usageError{"-pid names the process of the instance at -url (in-process runs measure this process)"}
 	case o.Mesh != "" && o.URL != "":
 		return nil, &usageError{"-mesh runs its own instances; it cannot be used with -url"}
 	}
@@ -197,7 +201,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		sum.Result, err = benchMesh(ctx, o, newRunTag(), stderr)
 	case o.URL != "":
 		t := singleTarget("instance", o.URL, nil)
-		t.memProfile = o.MemProfile
+		t.memProfile, t.remote = o.MemProfile, true
 		sum.Result, err = runLoad(ctx, o, t, stderr)
 	default:
 		sum.Result, err = benchLocal(ctx, o, stderr)
@@ -279,6 +283,9 @@ func ratios(r, b *loadResult) map[string]float64 {
 		"ack_p99":              ratio(r.AckLatency.P99, b.AckLatency.P99),
 		"delivery_p50":         ratio(r.DeliveryLatency.P50, b.DeliveryLatency.P50),
 		"delivery_p99":         ratio(r.DeliveryLatency.P99, b.DeliveryLatency.P99),
+	}
+	if r.Usage != nil && b.Usage != nil {
+		m["cpu_us_per_msg"] = ratio(r.Usage.CPUMicrosPerMessage, b.Usage.CPUMicrosPerMessage)
 	}
 	// Per instance, by position (bench-2 against relay-2, ...).
 	for i := range min(len(r.Instances), len(b.Instances)) {
@@ -435,6 +442,21 @@ func printSummary(w io.Writer, s *benchSummary) {
 		row(fmt.Sprintf("instance %d: missing / duplicate", i+2), func(r *loadResult) string {
 			return fmt.Sprintf("%d / %d", in(r).Missing, in(r).Duplicates)
 		}, "")
+	}
+	if s.Result.Usage != nil {
+		u := func(f func(*procUsage) string) func(r *loadResult) string {
+			return func(r *loadResult) string {
+				if r.Usage == nil {
+					return "-"
+				}
+				return f(r.Usage)
+			}
+		}
+		row("CPU of "+s.Result.Usage.Scope, u(func(x *procUsage) string {
+			return fmt.Sprintf("%.2fs (%.2f cores)", x.CPUSeconds, x.CPUCores)
+		}), "")
+		row("CPU per message", u(func(x *procUsage) string { return fmt.Sprintf("%.1f µs", x.CPUMicrosPerMessage) }), "cpu_us_per_msg")
+		row("RSS peak / end", u(func(x *procUsage) string { return fmt.Sprintf("%.0f / %.0f MiB", x.RSSPeakMiB, x.RSSEndMiB) }), "")
 	}
 	if o.Rate > 0 {
 		row("send lag behind schedule p99 / max", func(r *loadResult) string {

@@ -52,6 +52,10 @@ type loadResult struct {
 	// Instances break the deliveries down by the instance the subscribers
 	// are connected to (mesh runs).
 	Instances []instanceResult `json:"instances,omitempty"`
+	// Usage is the CPU and RSS of the process measured (see procUsage), from
+	// the first send until every delivery was in; per message over the
+	// messages sent (warmup included).
+	Usage *procUsage `json:"usage,omitempty"`
 }
 
 // instanceResult is the share of one instance's subscribers in a run.
@@ -79,6 +83,9 @@ type benchTarget struct {
 	// memProfile, when set, is the file of a heap profile written once the
 	// load is delivered.
 	memProfile string
+	// remote: the instance runs in another process (-url); its CPU and
+	// RSS are measured only when -pid names it.
+	remote bool
 }
 
 // singleTarget is one instance (or relay) at url, for everything.
@@ -172,6 +179,7 @@ func runLoad(ctx context.Context, o *benchOptions, t *benchTarget, stderr io.Wri
 		return nil, fmt.Errorf("bench %s: %w", label, err)
 	}
 
+	sampler := startBenchUsage(o, t)
 	stopProgress := r.progress()
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -182,13 +190,14 @@ func runLoad(ctx context.Context, o *benchOptions, t *benchTarget, stderr io.Wri
 	wg.Wait()
 	r.awaitDeliveries(ctx)
 	stopProgress()
+	used := sampler.stop(r.total)
 	if t.memProfile != "" {
 		if err := writeHeapProfile(t.memProfile); err != nil {
 			return nil, fmt.Errorf("bench %s: %w", label, err)
 		}
 	}
 
-	res = &loadResult{Target: label, FrameBytes: frameBytes}
+	res = &loadResult{Target: label, FrameBytes: frameBytes, Usage: used}
 	if len(t.locals) > 0 {
 		left, err := r.awaitOutboxes(t)
 		if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,7 @@ func TestBenchInProcess(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	var stdout, stderr bytes.Buffer
 	err := runBench(context.Background(), []string{"-count", "2000", "-publishers", "2", "-subscribers", "2",
-		"-warmup", "100", "-json", "-progress", "100ms"}, &stdout, &stderr)
+		"-warmup", "100", "-json", "-progress", "5ms"}, &stdout, &stderr)
 	if err != nil {
 		t.Fatalf("runBench: %v\nstderr:\n%s", err, stderr.String())
 	}
@@ -49,6 +50,31 @@ func TestBenchInProcess(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "bench slipstream") {
 		t.Errorf("no progress line on stderr:\n%s", stderr.String())
+	}
+	if runtime.GOOS == "linux" {
+		if u := r.Usage; u == nil || u.CPUSeconds <= 0 || u.CPUMicrosPerMessage <= 0 || u.RSSPeakMiB < u.RSSEndMiB || u.RSSEndMiB <= 0 {
+			t.Errorf("usage = %+v, want CPU and RSS of this process", u)
+		}
+	}
+}
+
+// The figures /proc gives for this process: CPU grows with work, RSS is
+// plausible.
+func TestProcUsage(t *testing.T) {
+	s := startUsage("self", "test")
+	if s == nil {
+		t.Skip("no /proc here")
+	}
+	sum := 0
+	for i := range 20_000_000 {
+		sum += i % 7
+	}
+	u := s.stop(1000)
+	if u.CPUSeconds <= 0 || u.CPUMicrosPerMessage <= 0 || u.RSSEndMiB < 1 || u.RSSPeakMiB < u.RSSEndMiB {
+		t.Errorf("usage after a busy loop (%d) = %+v", sum, u)
+	}
+	if startUsage("0", "no such process") != nil {
+		t.Error("startUsage of pid 0 measured something")
 	}
 }
 
@@ -147,6 +173,9 @@ func TestBenchFlags(t *testing.T) {
 		{[]string{"-mesh", "star"}, `unknown -mesh "star"`},
 		{[]string{"-idle", "-1"}, "-idle must be between 0"},
 		{[]string{"-mesh", "line", "-url", "ws://127.0.0.1:1/ws"}, "cannot be used with -url"},
+		{[]string{"-pid", "1"}, "-pid names the process of the instance at -url"},
+		{[]string{"-trace-sample", "2"}, "-trace-sample must be between 0 and 1"},
+		{[]string{"-trace-sample", "0.5", "-url", "ws://127.0.0.1:1/ws"}, "with -url, set tracing in the instance's config"},
 	} {
 		err := runBench(context.Background(), tc.args, &bytes.Buffer{}, &bytes.Buffer{})
 		var ue *usageError
