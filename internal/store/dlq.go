@@ -71,11 +71,12 @@ func (s *Store) MoveToDLQ(link string, seq uint64, frame []byte, reason string, 
 }
 
 // Writes that move many entries are split so that each transaction stays
-// well within Badger's limit (15% of a memtable: 2.4 MiB with the default
-// 16 MiB): at most txnItems entries and txnBytes of values, and at least one.
+// within Badger's limit (15% of a memtable: 1.2 MiB with the default 8 MiB,
+// counting keys and ~12 bytes per entry besides the values): at most
+// txnItems entries and txnBytes of values, and at least one.
 const (
 	txnItems = 1000
-	txnBytes = 1 << 20
+	txnBytes = 768 << 10
 )
 
 // chunks calls fn for consecutive ranges [i, j) of n items whose sizes

@@ -74,16 +74,18 @@ const (
 // ErrClosed is returned by operations on a closed store.
 var ErrClosed = errors.New("store: closed")
 
-// Options tune Badger. The zero value gives Slipstream's defaults: synced
-// writes, small memtables and caches (memory stays bounded whatever the
-// backlog; see BENCHMARKS.md).
+// Options tune Badger. The zero value gives Slipstream's defaults (see
+// Open): synced writes, small memtables, tables and caches, so that Badger's
+// memory stays small and bounded whatever the backlog (BENCHMARKS.md (c)).
 type Options struct {
 	// InMemory keeps nothing on disk (tests of logic that is not about
 	// durability only).
 	InMemory bool
-	// MemTableSize in bytes; default 16 MiB.
+	// MemTableSize in bytes; default DefaultMemTableSize. It also bounds a
+	// transaction, hence one message's outbox entries (see
+	// DefaultMemTableSize).
 	MemTableSize int64
-	// BlockCacheSize in bytes; default 16 MiB.
+	// BlockCacheSize in bytes; default 8 MiB.
 	BlockCacheSize int64
 	// ValueLogFileSize in bytes; default 64 MiB (tests of value-log GC use
 	// small files).
@@ -99,9 +101,21 @@ type Options struct {
 // DefaultValueThreshold is the size from which a value (a message, in an
 // outbox entry or a dead letter) goes to Badger's value log rather than into
 // the LSM tree. Small enough that a transaction (at most 15% of a memtable:
-// 2.4 MiB) holds one big message for hundreds of recipients: a value-log
+// 1.2 MiB) holds one big message for thousands of recipients: a value-log
 // entry costs a transaction only its key and a 12-byte pointer.
 const DefaultValueThreshold = 4 << 10
+
+// DefaultMemTableSize is the size of Badger's memtables. Badger keeps up to
+// three (one being written, two being flushed), and the buffers that flush
+// them grow to hold a whole table, so it sets most of the store's memory
+// (16 MiB before; smaller ones save memory but cost CPU in flushes and
+// compactions, BENCHMARKS.md (c)). It also
+// bounds a transaction to 15% of it (1.2 MiB), and persist writes a
+// message with all its outbox entries in one transaction: a message below
+// DefaultValueThreshold can have about 1.2 MiB / (its size + ~40 bytes)
+// recipients (some 3 000 for 300 bytes, 300 for 4 KiB); persist splits
+// batches of messages across transactions, never a message.
+const DefaultMemTableSize = 8 << 20
 
 // Store is the Badger database of one instance. It is safe for concurrent use.
 type Store struct {
@@ -125,11 +139,11 @@ func Open(dir string, o Options) (*Store, error) {
 	}
 	mem := o.MemTableSize
 	if mem == 0 {
-		mem = 16 << 20
+		mem = DefaultMemTableSize
 	}
 	cache := o.BlockCacheSize
 	if cache == 0 {
-		cache = 16 << 20
+		cache = 8 << 20
 	}
 	threshold := o.ValueThreshold
 	if threshold == 0 {
@@ -139,19 +153,32 @@ func Open(dir string, o Options) (*Store, error) {
 	if vlogFile == 0 {
 		vlogFile = 64 << 20
 	}
+	// Memory (BENCHMARKS.md (c) and (e)): Badger builds every table it
+	// writes (memtable flushes, compactions) in a buffer from a pool that
+	// keeps up to 8 of them, each grown to the largest table it built (a
+	// flushed memtable, or a table of a deep level: the default doubles
+	// the table size at every level), and a compaction builds up to a
+	// dozen tables at a time. Tables of one size at every level
+	// (TableSizeMultiplier 1) keep those buffers at 2 x BaseTableSize for
+	// compactions, whatever the depth of the tree. Without compression the
+	// buffers would be smaller still, but measured it cost ~7% more CPU (more
+	// bytes to write and msync). The index cache only serves encrypted
+	// tables: none.
 	bo = bo.
 		WithSyncWrites(!o.InMemory).
 		WithMemTableSize(mem).
 		WithNumMemtables(3).
 		WithNumLevelZeroTables(3).
 		WithNumLevelZeroTablesStall(8).
+		WithBaseTableSize(2 << 20).
 		WithBlockCacheSize(cache).
-		WithIndexCacheSize(8 << 20).
+		WithIndexCacheSize(0).
 		WithValueLogFileSize(vlogFile).
 		WithValueThreshold(threshold).
 		WithNumCompactors(2).
 		WithCompactL0OnClose(false).
 		WithLogger(badgerLogger{log: o.Logger})
+	bo.TableSizeMultiplier = 1 // no With method
 	db, err := badger.Open(bo)
 	if err != nil {
 		return nil, fmt.Errorf("open store in %q: %w (is another instance using this data_dir?)", dir, err)
