@@ -6,11 +6,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	dto "github.com/prometheus/client_model/go"
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.uber.org/goleak"
+
+	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
 // Each send of a delivery is a span (attempt 1, then the redelivery as
@@ -73,5 +77,49 @@ func TestSendSpansAndLinkMetrics(t *testing.T) {
 	}
 	if n := m.GetHistogram().GetSampleCount(); n != 1 {
 		t.Errorf("slipstream_ack_rtt_seconds{link=pi-1} has %d samples, want 1", n)
+	}
+}
+
+// A delivery whose stored trace context is not sampled gets no send span;
+// a sampled one does.
+func TestSendSpanOnlyForSampledTraces(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
+	defer func() { _ = tp.Shutdown(context.Background()) }()
+	h := newHarness(t, t.TempDir(), nil)
+	defer h.close()
+	h.sink.tracer = tp.Tracer("test")
+
+	rec := recorder{}
+	rec.then = func(id string, n int) { h.links.Get("pi-1").Outbox().Acked("c1", id) }
+	l := h.attach("pi-1", true, rec.conn())
+	const tp0 = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-"
+	for i, flags := range []string{"00", "01"} {
+		f := fmt.Appendf(nil, `{"type":"SK","messageId":"t%d","clusterGroupId":"c1","key":"k","value":1,"traceparent":"%s%s"}`, i, tp0, flags)
+		seq := l.NextSeq()
+		if err := h.st.DB().Update(func(txn *badger.Txn) error { return txn.Set(store.OutboxKey(l.ID(), seq), f) }); err != nil {
+			t.Fatal(err)
+		}
+		env := &pipeline.Envelope{Status: pipeline.Accepted, Encoded: f, Recipients: []string{l.ID()}, Seqs: []uint64{seq}}
+		if err := h.sink.Deliver(context.Background(), []*pipeline.Envelope{env}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkFor(t, wait, 5*time.Millisecond, func() error {
+		if n := h.pending("pi-1"); n != 0 {
+			return fmt.Errorf("%d entries still pending", n)
+		}
+		return nil
+	})
+	ended := spans.Ended()
+	if len(ended) != 1 {
+		t.Fatalf("%d send spans, want 1 (the sampled delivery's)", len(ended))
+	}
+	for _, kv := range ended[0].Attributes() {
+		if kv.Key == "slipstream.message_id" && kv.Value.AsString() != "t1" {
+			t.Errorf("span for %s, want t1", kv.Value.AsString())
+		}
 	}
 }

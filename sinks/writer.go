@@ -499,14 +499,20 @@ func (o *Outbox) sendSpan(e *entry, again bool) trace.Span {
 	ctx := context.Background()
 	if e.traceparent != "" {
 		ctx = traceContext.Extract(ctx, propagation.MapCarrier{"traceparent": e.traceparent, "tracestate": e.tracestate})
+		if sc := trace.SpanContextFromContext(ctx); sc.IsValid() && !sc.IsSampled() {
+			return nil // not sampled upstream: no span (it would not record)
+		}
 	}
-	_, span := t.Start(ctx, "send", trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
-		attribute.String("slipstream.link", o.id),
-		attribute.String("slipstream.message_id", e.id),
-		attribute.String("slipstream.type", e.typ),
-		attribute.Int("slipstream.attempt", e.spent+1),
-		attribute.Bool("slipstream.redelivery", again),
-		attribute.Int64("slipstream.seq", int64(e.seq)),
-	))
+	_, span := t.Start(ctx, "send", trace.WithSpanKind(trace.SpanKindProducer))
+	if span.IsRecording() {
+		span.SetAttributes(
+			attribute.String("slipstream.link", o.id),
+			attribute.String("slipstream.message_id", e.id),
+			attribute.String("slipstream.type", e.typ),
+			attribute.Int("slipstream.attempt", e.spent+1),
+			attribute.Bool("slipstream.redelivery", again),
+			attribute.Int64("slipstream.seq", int64(e.seq)),
+		)
+	}
 	return span
 }
