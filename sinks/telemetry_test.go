@@ -3,6 +3,7 @@ package sinks
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,13 +81,25 @@ func TestSendSpansAndLinkMetrics(t *testing.T) {
 	}
 }
 
-// A delivery whose stored trace context is not sampled gets no send span;
-// a sampled one does.
+// countingSampler counts the spans started.
+type countingSampler struct {
+	sdktrace.Sampler
+	calls atomic.Int64
+}
+
+func (c *countingSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	c.calls.Add(1)
+	return c.Sampler.ShouldSample(p)
+}
+
+// A delivery whose stored trace context is not sampled starts no send span
+// (not even a non-recording one: that costs an allocation per send); a
+// sampled one gets its span.
 func TestSendSpanOnlyForSampledTraces(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	spans := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans),
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
+	sampler := &countingSampler{Sampler: sdktrace.ParentBased(sdktrace.AlwaysSample())}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans), sdktrace.WithSampler(sampler))
 	defer func() { _ = tp.Shutdown(context.Background()) }()
 	h := newHarness(t, t.TempDir(), nil)
 	defer h.close()
@@ -114,8 +127,8 @@ func TestSendSpanOnlyForSampledTraces(t *testing.T) {
 		return nil
 	})
 	ended := spans.Ended()
-	if len(ended) != 1 {
-		t.Fatalf("%d send spans, want 1 (the sampled delivery's)", len(ended))
+	if len(ended) != 1 || sampler.calls.Load() != 1 {
+		t.Fatalf("%d send spans recorded, %d started; want 1 and 1 (the sampled delivery's)", len(ended), sampler.calls.Load())
 	}
 	for _, kv := range ended[0].Attributes() {
 		if kv.Key == "slipstream.message_id" && kv.Value.AsString() != "t1" {
