@@ -1,8 +1,11 @@
 package stages
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 	"strconv"
 	"testing"
 	"time"
@@ -221,7 +224,36 @@ func (s *countingSink) Deliver(_ context.Context, batch []*pipeline.Envelope) er
 // BenchmarkPipelineInProcess runs the nine stages of the default pipeline under a pipeline.Runner,
 // with real Badger (synced group commits), over b.N frames from a client,
 // each routed to three links, and reports msgs/s end to end.
+// BenchmarkPipelineInProcess runs the default pipeline's stages over
+// Badger on disk, with tracing off, and on with 1% and 100% of traces
+// sampled (spans go through the SDK's batch processor to an exporter that
+// drops them: the cost of tracing without a collector's).
 func BenchmarkPipelineInProcess(b *testing.B) {
+	for _, tc := range []struct {
+		name  string
+		ratio float64 // < 0: no tracer
+	}{{"tracing=off", -1}, {"tracing=1%", 0.01}, {"tracing=100%", 1}} {
+		b.Run(tc.name, func(b *testing.B) {
+			var tracer trace.Tracer
+			if tc.ratio >= 0 {
+				tp := sdktrace.NewTracerProvider(
+					sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(tc.ratio))),
+					sdktrace.WithBatcher(discardExporter{}))
+				defer func() { _ = tp.Shutdown(context.Background()) }()
+				tracer = tp.Tracer("bench")
+			}
+			benchPipeline(b, tracer)
+		})
+	}
+}
+
+// discardExporter drops every span.
+type discardExporter struct{}
+
+func (discardExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
+func (discardExporter) Shutdown(context.Context) error                             { return nil }
+
+func benchPipeline(b *testing.B, tracer trace.Tracer) {
 	h := newHarness(b)
 	benchLinks(h)
 	sink := &countingSink{}
@@ -242,7 +274,10 @@ func BenchmarkPipelineInProcess(b *testing.B) {
 	from := benchOrigin("pi-1", false)
 	frames := make([][]byte, b.N)
 	for i := range frames {
-		frames[i] = benchFrame("bench-" + strconv.Itoa(i))
+		// Without a traceparent (as from a client): this instance's
+		// sampler decides, as the tracing ratios above intend.
+		frames[i] = bytes.Replace(benchFrame("bench-"+strconv.Itoa(i)),
+			[]byte(`"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",`), nil, 1)
 	}
 	src := sourceFunc(func(ctx context.Context, emit func(*pipeline.Envelope) bool) error {
 		for _, f := range frames {
@@ -252,7 +287,7 @@ func BenchmarkPipelineInProcess(b *testing.B) {
 		}
 		return nil
 	})
-	r := &pipeline.Runner{Name: "main", Sources: []pipeline.NamedSource{{Ref: "bench.src", Source: src}}, Stages: stages}
+	r := &pipeline.Runner{Name: "main", Sources: []pipeline.NamedSource{{Ref: "bench.src", Source: src}}, Stages: stages, Tracer: tracer}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
