@@ -149,8 +149,8 @@ func permanent(err error) bool {
 // MinBackoff doubled n times, capped at MaxBackoff.
 func (s *Session) backoff(n int) time.Duration {
 	bound := s.o.MaxBackoff
-	if n < 32 {
-		bound = min(s.o.MinBackoff<<n, s.o.MaxBackoff)
+	if n < 62 && s.o.MinBackoff <= s.o.MaxBackoff>>n { // no overflow
+		bound = s.o.MinBackoff << n
 	}
 	return time.Duration(rand.Int64N(int64(bound)) + 1)
 }
