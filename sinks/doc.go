@@ -59,7 +59,7 @@
 //
 // Memory per link is bounded whatever the backlog: the memory queue
 // (memory_queue entries, 1 MiB), one store page (256 entries) and the window
-// of in-flight frames.
+// of in-flight frames (window × frame size: 1024 × ~300 B by default).
 //
 // # Outbox limits
 //

@@ -19,7 +19,7 @@ import (
 const (
 	DefaultAckTimeout  = 10 * time.Second
 	DefaultMaxAttempts = 3
-	DefaultWindow      = 256
+	DefaultWindow      = 1024
 	DefaultMemoryQueue = 512
 	DefaultBackoffMax  = time.Minute
 	DefaultMaxPending  = 1_000_000
