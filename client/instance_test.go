@@ -1,7 +1,6 @@
 package client_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/slipstream-sync/slipstream/internal/daemon"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 
 	// Register every kind.
@@ -119,7 +119,7 @@ func startInstanceSources(t *testing.T, hcl string, sources ...string) (urls []s
 	if diags.HasErrors() {
 		t.Fatalf("config:\n%s", pipeline.FormatDiagnostics(diags))
 	}
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	in, err := daemon.New(cfg, daemon.Options{LogOutput: logs})
 	if err != nil {
 		t.Fatalf("daemon.New: %v", err)
@@ -189,22 +189,4 @@ func checkFor(t testing.TB, timeout, interval time.Duration, fn func() error) {
 		}
 		time.Sleep(interval)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

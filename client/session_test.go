@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/client"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // connect opens a session, failing the test after 10s; it is closed at
@@ -214,19 +214,6 @@ func TestSessionSubscribeOnlyOnce(t *testing.T) {
 	}
 }
 
-// freeAddr returns a loopback address nothing listens on (for an instance
-// that must come back on the same port).
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // fixedPort gives the instance's ingress listener addr instead of port 0.
 func fixedPort(hcl, addr string) string {
 	return strings.Replace(hcl, `listen         = "127.0.0.1:0"`, fmt.Sprintf(`listen         = %q`, addr), 1)
@@ -237,7 +224,7 @@ func fixedPort(hcl, addr string) string {
 // on the next connection with the same messageId), every message reaches
 // the subscriber, and with a dedup store the handler sees each once.
 func TestSessionReconnectsWithoutLoss(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	hcl := fixedPort(fastRedelivery(instanceHCL(t, "inst-1")), addr)
 	url, stop := startInstance(t, hcl)
 
@@ -310,7 +297,7 @@ func TestSessionReconnectsWithoutLoss(t *testing.T) {
 }
 
 func TestConnectRetriesUntilTheInstanceIsUp(t *testing.T) {
-	addr := freeAddr(t)
+	addr := testutil.FreeAddr(t)
 	hcl := fixedPort(instanceHCL(t, "inst-1"), addr)
 	type result struct {
 		s   *client.Session

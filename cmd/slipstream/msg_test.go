@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -9,12 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/slipstream-sync/slipstream/internal/daemon"
 	"github.com/slipstream-sync/slipstream/internal/testcerts"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 	"go.uber.org/goleak"
 )
@@ -148,28 +147,9 @@ sink "websocket" "links" {
 	return mi
 }
 
-// msgBuffer is a bytes.Buffer safe for a command that runs in another
-// goroutine while the test reads it.
-type msgBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *msgBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *msgBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // msgBackground runs a CLI command in a goroutine; wait returns its exit code.
 type msgBackground struct {
-	stdout, stderr msgBuffer
+	stdout, stderr testutil.SyncBuffer
 	code           chan int
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // crashPublisher publishes p-000000, p-000001, ... keeping up to window
@@ -173,7 +174,7 @@ func (s *crashSubscriber) serve(conn *websocket.Conn, round int) {
 // one whose ACK by the subscriber was not yet processed when the instance
 // died (the receiver-side dedup of the client SDK absorbs those).
 func TestCrashSIGKILLLosesNothingAcked(t *testing.T) {
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	dir := filepath.Join(t.TempDir(), "data")
 	// A long ack_timeout: any redelivery seen here comes from the kills.
 	hcl := strings.Replace(portHCL("local-1", dir, port, ""), `ack_timeout  = "300ms"`, `ack_timeout  = "30s"`, 1)

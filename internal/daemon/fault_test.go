@@ -12,6 +12,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/daemon"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // Faults between in-process instances: a faultProxy (proxy_test.go) sits on
@@ -101,7 +102,7 @@ type faultInstance struct {
 	*testInstance
 	id   string
 	addr string // host:port of its websocket_server
-	logs *syncBuffer
+	logs *testutil.SyncBuffer
 }
 
 func startFaultInstance(t *testing.T, id, hb string, peers ...faultPeer) *faultInstance {
@@ -112,7 +113,7 @@ func startFaultInstance(t *testing.T, id, hb string, peers ...faultPeer) *faultI
 // startFaultInstanceHCL starts instance id from hcl, keeping its logs.
 func startFaultInstanceHCL(t *testing.T, id, hcl string) *faultInstance {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	in := startInstanceWith(t, hcl, daemon.Options{LogOutput: logs})
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -666,7 +667,7 @@ func isDialed(c any) bool {
 // After the stall A's connection wins the tie-break again.
 func TestFaultStallMutualFailover(t *testing.T) {
 	start := time.Now()
-	portA, portB := freePort(t), freePort(t)
+	portA, portB := testutil.FreePort(t), testutil.FreePort(t)
 	pAB := newFaultProxy(t, fmt.Sprintf("127.0.0.1:%d", portB)) // A dials B through it
 	pBA := newFaultProxy(t, fmt.Sprintf("127.0.0.1:%d", portA)) // B dials A through it
 	a := startFaultInstanceHCL(t, "mut-a", faultHCL("mut-a", t.TempDir(), fmt.Sprintf("127.0.0.1:%d", portA), faultHeartbeat,

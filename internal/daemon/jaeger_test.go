@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // A real Jaeger (v2, all-in-one, in memory) receives the spans of three
@@ -35,12 +37,6 @@ func jaegerBinary(t *testing.T) string {
 	return requireTool(t, p, jaegerHint)
 }
 
-// freeAddr is a loopback host:port that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	return fmt.Sprintf("127.0.0.1:%d", freePort(t))
-}
-
 // jaeger is a running Jaeger subprocess.
 type jaeger struct {
 	otlpGRPC, otlpHTTP, query string
@@ -52,13 +48,13 @@ type jaeger struct {
 func startJaeger(t *testing.T) *jaeger {
 	t.Helper()
 	bin := jaegerBinary(t)
-	j := &jaeger{otlpGRPC: freeAddr(t), otlpHTTP: freeAddr(t), query: freeAddr(t)}
+	j := &jaeger{otlpGRPC: testutil.FreeAddr(t), otlpHTTP: testutil.FreeAddr(t), query: testutil.FreeAddr(t)}
 	cmd := exec.Command(bin, "--config", "file:"+repoFile(t, "tools/jaeger/config.yaml"))
 	cmd.Env = append(os.Environ(),
 		"JAEGER_OTLP_GRPC="+j.otlpGRPC, "JAEGER_OTLP_HTTP="+j.otlpHTTP,
-		"JAEGER_QUERY_HTTP="+j.query, "JAEGER_QUERY_GRPC="+freeAddr(t),
+		"JAEGER_QUERY_HTTP="+j.query, "JAEGER_QUERY_GRPC="+testutil.FreeAddr(t),
 		"OTEL_SDK_DISABLED=true", "OTEL_TRACES_EXPORTER=none")
-	out := &lockedBuffer{} // ops_test.go
+	out := &testutil.SyncBuffer{} // ops_test.go
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)

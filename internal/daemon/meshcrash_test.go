@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // Crashes across a mesh: one instance of a linked pair runs as a
@@ -159,7 +160,7 @@ func checkCrashDelivery(t *testing.T, pub *crashPublisher, received []string) (d
 // kill may arrive twice.
 func TestMeshCrashKillReceiver(t *testing.T) {
 	start := time.Now()
-	portB := freePort(t)
+	portB := testutil.FreePort(t)
 	dirB := filepath.Join(t.TempDir(), "b")
 	hclB := meshCrashHCL("mc-b", dirB, fmt.Sprintf("127.0.0.1:%d", portB))
 	urlB := fmt.Sprintf("ws://127.0.0.1:%d/ws", portB)
@@ -171,7 +172,7 @@ func TestMeshCrashKillReceiver(t *testing.T) {
 		a       *faultInstance
 		release = func() {}
 	)
-	var logs []*syncBuffer
+	var logs []*testutil.SyncBuffer
 	t.Cleanup(func() {
 		if t.Failed() {
 			for i, l := range logs {
@@ -258,7 +259,7 @@ func TestMeshCrashKillSender(t *testing.T) {
 	proxy := newFaultProxy(t, b.addr)
 	sub := newFaultClient(t, b, "sub-b")
 
-	portA := freePort(t)
+	portA := testutil.FreePort(t)
 	dirA := filepath.Join(t.TempDir(), "a")
 	hclA := meshCrashHCL("mc-a", dirA, fmt.Sprintf("127.0.0.1:%d", portA), viaProxy(b, proxy))
 	urlA := fmt.Sprintf("ws://127.0.0.1:%d/ws", portA)
@@ -282,7 +283,7 @@ func TestMeshCrashKillSender(t *testing.T) {
 	const total, rounds = 2000, 3
 	pub := &crashPublisher{acked: map[string]bool{}}
 	release := func() {}
-	var logs []*syncBuffer
+	var logs []*testutil.SyncBuffer
 	t.Cleanup(func() {
 		if t.Failed() {
 			for i, l := range logs {

@@ -6,30 +6,13 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/daemon"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
@@ -45,7 +28,7 @@ func get(t *testing.T, url string) (int, string) {
 // The admin listener serves /healthz, /readyz and /metrics with per-stage
 // counters; log.messages writes one line per message.
 func TestAdminHealthMetricsAndMessageLog(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &testutil.SyncBuffer{}
 	hcl := strings.Replace(instanceHCL("local-1", t.TempDir(), ""), `level = "warn"`, "level = \"info\"\n  messages = true", 1)
 	in := startInstanceWith(t, hcl, daemon.Options{LogOutput: logs})
 	admin := "http://" + in.AdminAddr()

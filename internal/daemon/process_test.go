@@ -1,7 +1,6 @@
 package daemon_test
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -11,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 var (
@@ -47,26 +48,9 @@ func slipstreamBinary(t *testing.T) string {
 type process struct {
 	t    *testing.T
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *testutil.SyncBuffer
 	port int
 	errc chan error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startProcess runs the binary on hcl (whose websocket_server listens on
@@ -78,7 +62,7 @@ func startProcess(t *testing.T, hcl string, port int) *process {
 	if err := os.WriteFile(cfgPath, []byte(hcl), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p := &process{t: t, logs: &syncBuffer{}, port: port, errc: make(chan error, 1)}
+	p := &process{t: t, logs: &testutil.SyncBuffer{}, port: port, errc: make(chan error, 1)}
 	p.cmd = exec.Command(bin, "run", "-c", cfgPath)
 	p.cmd.Stderr = p.logs
 	if err := p.cmd.Start(); err != nil {

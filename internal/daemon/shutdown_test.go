@@ -18,6 +18,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // publishLoop publishes SKs as fast as the connection takes them until stop
@@ -135,7 +136,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	bin := slipstreamBinary(t)
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	dir := t.TempDir()
 	hcl := strings.Replace(instanceHCL("local-1", filepath.Join(dir, "data"), ""), `listen       = "127.0.0.1:0"`, fmt.Sprintf(`listen = "127.0.0.1:%d"`, port), 1)
 	hcl = strings.Replace(hcl, `level = "warn"`, `level = "info"`, 1)
@@ -189,14 +190,4 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		t.Fatal("nothing was ACKed before SIGTERM")
 	}
 	assertStored(t, filepath.Join(dir, "data"), acked)
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

@@ -12,6 +12,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/daemon"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // adminDo sends a request to the instance's admin API with an optional
@@ -111,7 +112,7 @@ func TestStatus(t *testing.T) {
 // The log level changes at run time through PUT /v1/log-level; bad levels
 // get a 400 JSON error; the admin token guards it when set.
 func TestLogLevel(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &testutil.SyncBuffer{}
 	hcl := strings.Replace(instanceHCL("level-1", t.TempDir(), ""), "listen = \"127.0.0.1:0\"\n}", "listen = \"127.0.0.1:0\"\n  token = \"s3cret\"\n}", 1)
 	in := startInstanceWith(t, hcl, daemon.Options{LogOutput: logs})
 

@@ -20,6 +20,7 @@ import (
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/daemon"
 	"github.com/slipstream-sync/slipstream/internal/testcerts"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // Tests of TLS and mutual TLS (docs/tls.md) against real instances over
@@ -119,8 +120,8 @@ func tryTLS(url string, cfg *tls.Config) (*websocket.Conn, error) {
 }
 
 // logBuffer captures an instance's logs at info level.
-func logBuffer() (*syncBuffer, daemon.Options) {
-	buf := &syncBuffer{}
+func logBuffer() (*testutil.SyncBuffer, daemon.Options) {
+	buf := &testutil.SyncBuffer{}
 	return buf, daemon.Options{Logger: slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelInfo}))}
 }
 
@@ -416,7 +417,7 @@ func TestTLSRotation(t *testing.T) {
 func TestTLSSighup(t *testing.T) {
 	p := newPKI(t)
 	certFile, keyFile, first := p.node("tls-h")
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	proc := startProcess(t, portHCL("tls-h", t.TempDir(), port, fmt.Sprintf(
 		"tls {\n    cert_file = %q\n    key_file = %q\n    reload_interval = \"1h\"\n  }", certFile, keyFile)), port)
 	cfg := &tls.Config{RootCAs: p.ca.Pool(), MinVersion: tls.VersionTLS12}

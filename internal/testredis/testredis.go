@@ -7,7 +7,6 @@ package testredis
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/slipstream-sync/slipstream/internal/redisconn"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // Server is one redis-server subprocess.
@@ -62,20 +62,10 @@ func Binary(t testing.TB) string {
 // test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{t: t, bin: Binary(t), Port: freePort(t)}
+	s := &Server{t: t, bin: Binary(t), Port: testutil.FreePort(t)}
 	s.Restart()
 	t.Cleanup(s.Stop)
 	return s
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // URL is the server's redis:// URL (database 0).
