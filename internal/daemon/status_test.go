@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -19,20 +17,8 @@ import (
 // token and returns the status code and body.
 func adminDo(t *testing.T, in *testInstance, method, path, token, body string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest(method, "http://"+in.AdminAddr()+path, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	code, b := call(t, method, "http://"+in.AdminAddr()+path, token, body)
+	return code, string(b)
 }
 
 // GET /v1/status reports the instance, its links (with outbox depth) and
