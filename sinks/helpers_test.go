@@ -160,6 +160,18 @@ func (h *harness) commit(l *link.Link, seq uint64, i int) {
 	}
 }
 
+// waitDrained waits until link id's outbox is empty, failing the test after
+// wait.
+func (h *harness) waitDrained(id string) {
+	h.t.Helper()
+	checkFor(h.t, wait, time.Millisecond, func() error {
+		if n := h.pending(id); n != 0 {
+			return fmt.Errorf("%d entries still pending for %s", n, id)
+		}
+		return nil
+	})
+}
+
 func (h *harness) pending(id string) int {
 	h.t.Helper()
 	n, err := h.st.CountOutbox(id)

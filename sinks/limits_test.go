@@ -373,12 +373,7 @@ func TestRescanResendsAnEntryThatCameBack(t *testing.T) {
 	l := h.attach("pi-1", true, rec.conn())
 	h.publish(l, 1, 5)
 	checkFor(t, wait, time.Millisecond, rec.wantSent(ids(1, 5)))
-	checkFor(t, wait, time.Millisecond, func() error {
-		if p := h.pending("pi-1"); p != 0 {
-			return fmt.Errorf("%d entries still pending", p)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 	// Seq 2 comes back, unnotified.
 	if err := h.st.DB().Update(func(txn *badger.Txn) error { return txn.Set(store.OutboxKey("pi-1", 2), frame(2)) }); err != nil {
 		t.Fatal(err)

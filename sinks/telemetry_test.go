@@ -40,12 +40,7 @@ func TestSendSpansAndLinkMetrics(t *testing.T) {
 	}
 	l := h.attach("pi-1", true, rec.conn())
 	h.publish(l, 1, 1)
-	checkFor(t, wait, 5*time.Millisecond, func() error {
-		if n := h.pending("pi-1"); n != 0 {
-			return fmt.Errorf("%d entries still pending", n)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 
 	ended := spans.Ended()
 	if len(ended) != 2 {
@@ -120,12 +115,7 @@ func TestSendSpanOnlyForSampledTraces(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	checkFor(t, wait, 5*time.Millisecond, func() error {
-		if n := h.pending("pi-1"); n != 0 {
-			return fmt.Errorf("%d entries still pending", n)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 	ended := spans.Ended()
 	if len(ended) != 1 || sampler.calls.Load() != 1 {
 		t.Fatalf("%d send spans recorded, %d started; want 1 and 1 (the sampled delivery's)", len(ended), sampler.calls.Load())

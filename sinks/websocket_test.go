@@ -77,12 +77,7 @@ func TestDeliversInOrderAndDeletesOnAck(t *testing.T) {
 	})
 
 	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 100)))
-	checkFor(t, wait, 5*time.Millisecond, func() error {
-		if n := h.pending("pi-1"); n != 0 {
-			return fmt.Errorf("%d entries still pending", n)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 	if got := h.counter("sent"); got != 100 {
 		t.Errorf("sent counter = %v, want 100", got)
 	}
@@ -162,12 +157,7 @@ func TestResendsWithBackoff(t *testing.T) {
 		t.Errorf("redelivered counter = %v, want at least 4", got)
 	}
 	l.Outbox().Acked("c1", "m1")
-	checkFor(t, wait, 5*time.Millisecond, func() error {
-		if n := h.pending("pi-1"); n != 0 {
-			return fmt.Errorf("%d entries still pending", n)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 }
 
 // dlq waits until the link has n dead letters and returns them.
@@ -236,12 +226,7 @@ func TestDisconnectKeepsAttemptsAndResendsInOrder(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		l.Outbox().Acked("c1", fmt.Sprintf("m%d", i))
 	}
-	checkFor(t, wait, 5*time.Millisecond, func() error {
-		if n := h.pending("pi-1"); n != 0 {
-			return fmt.Errorf("%d entries still pending", n)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 	if got, _ := h.st.ListDLQ("pi-1", 0); len(got) != 0 {
 		t.Fatalf("dead letters %+v, want none", got)
 	}
@@ -259,12 +244,7 @@ func TestMemoryOverflowFallsBackToStoreInOrder(t *testing.T) {
 		h.publish(l, i, i+99)
 	}
 	checkFor(t, 30*time.Second, 10*time.Millisecond, rec.wantSent(ids(1, n)))
-	checkFor(t, wait, 5*time.Millisecond, func() error {
-		if p := h.pending("pi-1"); p != 0 {
-			return fmt.Errorf("%d entries still pending", p)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 }
 
 func TestRefusals(t *testing.T) {
@@ -322,12 +302,7 @@ func TestNoAcksDeletesAfterSend(t *testing.T) {
 	h.publish(l, 1, n)
 	h.attach("pi-1", false, c)
 	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, n)))
-	checkFor(t, wait, 5*time.Millisecond, func() error {
-		if p := h.pending("pi-1"); p != 0 {
-			return fmt.Errorf("%d entries still pending", p)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 }
 
 func TestCloseStopsWritersBlockedOnSlowLinks(t *testing.T) {
@@ -398,12 +373,7 @@ func TestRestartDeliversStoredEntries(t *testing.T) {
 	// New messages follow, numbered after the stored ones.
 	h.publish(l, 11, 12)
 	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 12)))
-	checkFor(t, wait, 5*time.Millisecond, func() error {
-		if p := h.pending("pi-1"); p != 0 {
-			return fmt.Errorf("%d entries still pending", p)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 }
 
 // An entry committed after a later seq was already delivered (a DLQ replay
@@ -467,12 +437,7 @@ func TestLateAckAfterDisconnectCompletes(t *testing.T) {
 	}
 	l.Outbox().Acked("c1", "m3")
 	l.Outbox().Acked("c1", "m1") // a duplicate ACK changes nothing
-	checkFor(t, wait, 5*time.Millisecond, func() error {
-		if n := h.pending("pi-1"); n != 0 {
-			return fmt.Errorf("%d entries pending", n)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 }
 
 // The sink hands the writer each message's header (the envelope's decoded
@@ -514,12 +479,7 @@ func TestNotifiedHeaderIsUsed(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		ob.Acked("c1", fmt.Sprintf("h%d", i))
 	}
-	checkFor(t, wait, 5*time.Millisecond, func() error {
-		if n := h.pending("pi-1"); n != 0 {
-			return fmt.Errorf("%d entries still pending", n)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 	if got := h.counter("acked"); got != 3 {
 		t.Errorf("acked counter = %v, want 3", got)
 	}
@@ -684,10 +644,5 @@ func TestCatchUpAfterRead(t *testing.T) {
 	h.attach("pi-1", true, rec.conn())
 	want = append(ids(1, 300), "m999")
 	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
-	checkFor(t, wait, 5*time.Millisecond, func() error {
-		if p := h.pending("pi-1"); p != 0 {
-			return fmt.Errorf("%d entries still pending", p)
-		}
-		return nil
-	})
+	h.waitDrained("pi-1")
 }
