@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -166,6 +167,10 @@ type benchMachine struct {
 	CPUs      int    `json:"cpus"`
 	GoVersion string `json:"go"`
 	OS        string `json:"os"`
+	// GCPercent is this process's GOGC during the run: the in-process
+	// instances get run's default (see applyGCDefault); with -url it is
+	// the bench client's own (the instance's is its own business).
+	GCPercent int `json:"gc_percent"`
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -190,8 +195,13 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer pprof.StopCPUProfile()
 	}
 
+	gc := debug.SetGCPercent(100)
+	debug.SetGCPercent(gc)
+	if o.URL == "" { // in-process instances run as `slipstream run` would
+		gc = applyGCDefault(gcPercentEnv)
+	}
 	sum := &benchSummary{
-		Machine: benchMachine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH},
+		Machine: benchMachine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH, GCPercent: gc},
 		Options: o,
 	}
 	switch {
@@ -331,8 +341,8 @@ func printSummary(w io.Writer, s *benchSummary) {
 	if o.Idle > 0 {
 		subs += fmt.Sprintf(", %d idle connections", o.Idle)
 	}
-	fmt.Fprintf(w, "slipstream bench: %d publisher(s), %s, ~%d-byte frames, %s; %s, %d CPUs\n\n",
-		o.Publishers, subs, s.Result.FrameBytes, mode, s.Machine.GoVersion, s.Machine.CPUs)
+	fmt.Fprintf(w, "slipstream bench: %d publisher(s), %s, ~%d-byte frames, %s; %s, %d CPUs, GOGC %d\n\n",
+		o.Publishers, subs, s.Result.FrameBytes, mode, s.Machine.GoVersion, s.Machine.CPUs, s.Machine.GCPercent)
 	runs := []*loadResult{s.Result}
 	if s.Baseline != nil {
 		runs = append(runs, s.Baseline)

@@ -28,6 +28,7 @@ func runRun(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	applyGCDefault(gcPercentEnv)
 	in, err := daemon.New(cfg, daemon.Options{LogOutput: stderr})
 	if err != nil {
 		return err
