@@ -257,7 +257,7 @@ func (p *peer) session(ctx context.Context, emit func(*pipeline.Envelope) bool, 
 		return sessionEnd{err: err}
 	}
 	cn := newConn(ws, true, p.cl.cfg.Heartbeat, hardFrameFactor*int64(DefaultMaxFrame), p.log)
-	if !p.cl.track(cn) {
+	if !p.cl.live.add(cn, nil) {
 		return sessionEnd{stopped: true}
 	}
 	l, err := p.cl.links.AttachWith(p.spec, cn, func() { p.setState(PeerConnected) })
@@ -275,7 +275,7 @@ func (p *peer) session(ctx context.Context, emit func(*pipeline.Envelope) bool, 
 		return sessionEnd{err: fmt.Errorf("attach: %w", err)}
 	}
 	p.ok.Inc()
-	p.cl.setLink(cn, l)
+	p.cl.live.setLink(cn, l)
 	start := time.Now()
 	p.log.Info("peer connected", "url", p.logURL, "remote", cn.RemoteAddr(), "attempt", attempt)
 

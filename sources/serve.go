@@ -76,30 +76,24 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	remote := r.RemoteAddr
 	c.afterExit(func() { s.acc.release(remote) })
 
-	s.mu.Lock()
-	if s.stopping {
-		s.mu.Unlock()
-		c.Close(websocket.CloseGoingAway, "instance shutting down")
+	// The reader is counted under the set's lock: Run's stopReads, which
+	// comes before its wait for the readers, then either sees this
+	// connection or refuses it.
+	if !s.live.add(c, func() { s.readers.Add(1) }) {
 		return
 	}
-	s.conns[c] = nil
-	s.readers.Add(1)
+	s.mu.Lock()
 	emit := s.emit
 	s.mu.Unlock()
-	c.afterExit(func() { // forget the connection once its writer is done
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-	})
 	l, err := s.links.Attach(spec, c)
 	if err != nil {
 		s.refuseAttach(c, spec.ID, err)
 		s.readers.Done()
 		return
 	}
-	s.setLink(c, l)
+	s.live.setLink(c, l)
 	s.log.Info("link connected", "link", l.ID(), "remote", c.RemoteAddr(), "durable", spec.Durable)
-	rd := &reader{links: s.links, maxFrame: s.cfg.MaxFrame, emit: emit, current: s.setLink,
+	rd := &reader{links: s.links, maxFrame: s.cfg.MaxFrame, emit: emit, current: s.live.setLink,
 		rate: newRateLimit(s.cfg.Limits), idle: s.cfg.Limits.IdleTimeout, rateLimited: s.m.rateLimited.Inc,
 		first: func(c *Conn, cur *link.Link, frame []byte) (*link.Link, error) {
 			m := s.helloFrame(frame)
@@ -157,13 +151,4 @@ func (s *Server) refuseAttach(c *Conn, id string, err error) {
 		s.log.Warn("cannot attach an inbound connection", "link", id, "remote", c.RemoteAddr(), "err", err)
 		c.Close(websocket.CloseInternalServerErr, "cannot attach the link")
 	}
-}
-
-// setLink records c's current link (for Close).
-func (s *Server) setLink(c *Conn, l *link.Link) {
-	s.mu.Lock()
-	if _, ok := s.conns[c]; ok {
-		s.conns[c] = l
-	}
-	s.mu.Unlock()
 }

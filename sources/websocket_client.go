@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"sync"
 
-	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/slipstream-sync/slipstream/internal/link"
@@ -154,11 +153,10 @@ type Client struct {
 	name  string                // the part's name, in logs and metrics
 	reg   prometheus.Registerer // for the peers' TLS reload metrics
 
-	mu       sync.Mutex
-	conns    map[*Conn]*link.Link // our live connections
-	stopping bool                 // no new connections; reads are stopping
-	closed   bool
-	dialers  sync.WaitGroup
+	live    liveConns // our live connections
+	mu      sync.Mutex
+	closed  bool
+	dialers sync.WaitGroup
 
 	closeOnce sync.Once
 	done      chan struct{} // closed by Close
@@ -190,7 +188,7 @@ func NewClient(cfg ClientConfig, bc *pipeline.BuildContext) (*Client, error) {
 	}
 	c := &Client{cfg: cfg, self: bc.Instance, links: bc.Links, log: log, m: m,
 		name: sourceLabel(bc, "websocket_client"), reg: bc.Metrics,
-		conns: map[*Conn]*link.Link{}, done: make(chan struct{})}
+		done: make(chan struct{})}
 	for _, pc := range cfg.Peers {
 		p, err := newPeer(c, pc)
 		if err != nil {
@@ -230,51 +228,9 @@ func (c *Client) Run(ctx context.Context, emit func(*pipeline.Envelope) bool) er
 	case <-c.done:
 	}
 	cancel()
-	c.stopReads()
+	c.live.stopReads()
 	c.dialers.Wait()
 	return nil
-}
-
-// stopReads refuses new connections and stops reading the live ones.
-func (c *Client) stopReads() {
-	c.mu.Lock()
-	c.stopping = true
-	conns := make([]*Conn, 0, len(c.conns))
-	for cn := range c.conns {
-		conns = append(conns, cn)
-	}
-	c.mu.Unlock()
-	for _, cn := range conns {
-		cn.StopReading()
-	}
-}
-
-// track records cn as live (for Close) and forgets it once its writer is
-// done. It returns false, having closed cn, when the source is stopping.
-func (c *Client) track(cn *Conn) bool {
-	c.mu.Lock()
-	if c.stopping {
-		c.mu.Unlock()
-		cn.Close(websocket.CloseGoingAway, "instance shutting down")
-		return false
-	}
-	c.conns[cn] = nil
-	c.mu.Unlock()
-	cn.afterExit(func() {
-		c.mu.Lock()
-		delete(c.conns, cn)
-		c.mu.Unlock()
-	})
-	return true
-}
-
-// setLink records the link cn is attached to (for Close).
-func (c *Client) setLink(cn *Conn, l *link.Link) {
-	c.mu.Lock()
-	if _, ok := c.conns[cn]; ok {
-		c.conns[cn] = l
-	}
-	c.mu.Unlock()
 }
 
 // Close implements pipeline.Closer: it stops dialling, detaches and closes
@@ -284,26 +240,12 @@ func (c *Client) setLink(cn *Conn, l *link.Link) {
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
-		c.closed, c.stopping = true, true
+		c.closed = true
 		c.mu.Unlock()
 		close(c.done) // Run cancels the diallers
-		c.stopReads()
+		c.live.stopReads()
 		c.dialers.Wait()
-		c.mu.Lock()
-		conns := make(map[*Conn]*link.Link, len(c.conns))
-		for cn, l := range c.conns {
-			conns[cn] = l
-		}
-		c.mu.Unlock()
-		for cn, l := range conns {
-			if l != nil {
-				c.links.Detach(l, cn)
-			}
-			cn.Close(websocket.CloseGoingAway, "instance shutting down")
-		}
-		for cn := range conns {
-			<-cn.Exited()
-		}
+		c.live.closeAll(c.links)
 		for _, p := range c.peers {
 			p.setState(PeerStopped)
 			if p.tls != nil {

@@ -238,22 +238,9 @@ func (n *node) connected(id string) *Conn {
 
 // liveConns counts the node's open connections, both sources together.
 func (n *node) liveConns() int {
-	count := 0
-	n.srv.mu.Lock()
-	for c := range n.srv.conns {
-		if !c.isClosed() {
-			count++
-		}
-	}
-	n.srv.mu.Unlock()
+	count := n.srv.live.open()
 	if n.cl != nil {
-		n.cl.mu.Lock()
-		for c := range n.cl.conns {
-			if !c.isClosed() {
-				count++
-			}
-		}
-		n.cl.mu.Unlock()
+		count += n.cl.live.open()
 	}
 	return count
 }

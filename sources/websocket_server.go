@@ -135,11 +135,10 @@ type Server struct {
 	listenMu sync.Mutex
 	ln       net.Listener
 
-	mu       sync.Mutex
-	emit     func(*pipeline.Envelope) bool
-	conns    map[*Conn]*link.Link // live connections and their current link
-	stopping bool                 // no new connections; reads are stopping
-	readers  sync.WaitGroup       // read loops
+	mu      sync.Mutex
+	emit    func(*pipeline.Envelope) bool
+	live    liveConns      // live connections and their current link
+	readers sync.WaitGroup // read loops
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -215,7 +214,6 @@ func NewServer(cfg ServerConfig, bc *pipeline.BuildContext) (*Server, error) {
 			WriteBufferPool: writeBuffers,
 			CheckOrigin:     acc.checkOrigin,
 		},
-		conns:  map[*Conn]*link.Link{},
 		closed: make(chan struct{}),
 	}, nil
 }
@@ -317,23 +315,9 @@ func (s *Server) Run(ctx context.Context, emit func(*pipeline.Envelope) bool) er
 	if runErr == nil {
 		<-served
 	}
-	s.stopReads()
+	s.live.stopReads()
 	s.readers.Wait()
 	return runErr
-}
-
-// stopReads refuses new connections and stops reading the live ones.
-func (s *Server) stopReads() {
-	s.mu.Lock()
-	s.stopping = true
-	conns := make([]*Conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.StopReading()
-	}
 }
 
 // Close implements pipeline.Closer: it closes the listener and every
@@ -351,22 +335,7 @@ func (s *Server) Close() error {
 			_ = s.ln.Close()
 		}
 		s.listenMu.Unlock()
-		s.mu.Lock()
-		s.stopping = true
-		conns := make(map[*Conn]*link.Link, len(s.conns))
-		for c, l := range s.conns {
-			conns[c] = l
-		}
-		s.mu.Unlock()
-		for c, l := range conns {
-			if l != nil {
-				s.links.Detach(l, c)
-			}
-			c.Close(websocket.CloseGoingAway, "instance shutting down")
-		}
-		for c := range conns {
-			<-c.Exited()
-		}
+		s.live.closeAll(s.links)
 	})
 	return nil
 }
