@@ -8,6 +8,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/client"
+	"github.com/slipstream-sync/slipstream/internal/envconfig"
 )
 
 const cmdUsage = `Usage: slipstream cmd NAME [-args JSON] [-target tag,tag] [-n N] [connection flags]
@@ -50,7 +51,7 @@ func runCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := needTimeout(cf); err != nil {
 		return err
 	}
-	m := &slipstream.Message{Type: slipstream.TypeCMD, Command: pos[0], Args: a, TargetedTags: splitCommaList(*target)}
+	m := &slipstream.Message{Type: slipstream.TypeCMD, Command: pos[0], Args: a, TargetedTags: envconfig.SplitList(*target)}
 	ctx, c, done, err := cf.session(ctx, client.Options{})
 	if err != nil {
 		return err

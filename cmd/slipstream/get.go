@@ -9,6 +9,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/client"
+	"github.com/slipstream-sync/slipstream/internal/envconfig"
 )
 
 const getUsage = `Usage: slipstream get KEY [-type GK|GA|GW] [-target tag,tag] [-all] [connection flags]
@@ -42,7 +43,7 @@ func runGet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := needTimeout(cf); err != nil {
 		return err
 	}
-	m := &slipstream.Message{Type: t, Key: pos[0], TargetedTags: splitCommaList(*target)}
+	m := &slipstream.Message{Type: t, Key: pos[0], TargetedTags: envconfig.SplitList(*target)}
 	ctx, c, done, err := cf.session(ctx, client.Options{})
 	if err != nil {
 		return err

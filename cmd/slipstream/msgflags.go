@@ -20,6 +20,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/client"
+	"github.com/slipstream-sync/slipstream/internal/envconfig"
 	"github.com/slipstream-sync/slipstream/sources"
 )
 
@@ -82,17 +83,6 @@ func newMsgFlagSet(name, usage string, timeout time.Duration, stderr io.Writer) 
 func (f *connFlags) usage(msg string) error {
 	fmt.Fprintf(f.stderr, "slipstream: %s\nRun 'slipstream %s -h' for its flags.\n", msg, f.name)
 	return &exitCodeError{code: exitUsage}
-}
-
-// splitCommaList reads a comma-separated list, ignoring blanks.
-func splitCommaList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // endpoint returns the URL to dial: -url, or derived from a config.
@@ -205,7 +195,7 @@ func (f *connFlags) dial(ctx context.Context, o client.Options, stderr io.Writer
 		d.TLSClientConfig = tc
 		o.Dialer = &d
 	}
-	o.ID, o.Tags = f.id, splitCommaList(f.tags)
+	o.ID, o.Tags = f.id, envconfig.SplitList(f.tags)
 	if f.token != "" {
 		o.Header = http.Header{"Authorization": {"Bearer " + f.token}}
 	}

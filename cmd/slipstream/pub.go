@@ -14,6 +14,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/client"
+	"github.com/slipstream-sync/slipstream/internal/envconfig"
 )
 
 const pubUsage = `Usage: slipstream pub [-type T] [-key K] [-value JSON] [-target tags] [connection flags]
@@ -87,7 +88,7 @@ func runPub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if (*command != "" || *argsJSON != "") && t != slipstream.TypeCMD {
 		return cf.usage(fmt.Sprintf("-command and -args belong to CMD messages, not %s: drop -type", t))
 	}
-	m := &slipstream.Message{Type: t, Key: *key, Command: *command, MessageID: *msgID, TargetedTags: splitCommaList(*target)}
+	m := &slipstream.Message{Type: t, Key: *key, Command: *command, MessageID: *msgID, TargetedTags: envconfig.SplitList(*target)}
 	if m.Value, err = cf.parseJSONFlag("value", *value, `quote a string (-value '"paid"'), or give an array, object, number, true, false or null`); err != nil {
 		return err
 	}

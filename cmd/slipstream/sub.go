@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/slipstream-sync/slipstream/client"
+	"github.com/slipstream-sync/slipstream/internal/envconfig"
 )
 
 const subUsage = `Usage: slipstream sub [-id ID] [-tags a,b] [-n N] [-no-ack] [connection flags]
@@ -64,7 +65,7 @@ func runSub(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	who := "an anonymous link"
 	if cf.id != "" {
 		who = fmt.Sprintf("link %q", cf.id)
-		if tags := splitCommaList(cf.tags); len(tags) > 0 {
+		if tags := envconfig.SplitList(cf.tags); len(tags) > 0 {
 			who += " (tags " + strings.Join(tags, ",") + ")"
 		}
 	}

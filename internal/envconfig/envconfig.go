@@ -113,7 +113,7 @@ func Translate(getenv func(string) string) (string, error) {
 	if _, _, err := net.SplitHostPort(listen); err != nil {
 		return "", bad("SLIPSTREAM_LISTEN", "must be host:port (\"0.0.0.0:7070\"), got %q", listen)
 	}
-	tags := splitList(get("SLIPSTREAM_TAGS", "local"))
+	tags := SplitList(get("SLIPSTREAM_TAGS", "local"))
 	group := get("SLIPSTREAM_CLUSTER_GROUP", id)
 	token := get("SLIPSTREAM_ADMIN_TOKEN", "")
 	adminHost := "127.0.0.1"
@@ -263,7 +263,9 @@ func boolVar(get func(string, string) string, name string) (bool, error) {
 	return false, bad(name, "must be true or false, got %q", v)
 }
 
-func splitList(s string) []string {
+// SplitList reads a comma-separated list (SLIPSTREAM_TAGS, the CLI's -tags
+// and -target), trimming spaces and ignoring blank items.
+func SplitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
 		if f = strings.TrimSpace(f); f != "" {
