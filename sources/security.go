@@ -3,8 +3,6 @@ package sources
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/bearer"
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/telemetry"
 	"github.com/slipstream-sync/slipstream/pipeline"
@@ -136,16 +135,16 @@ func (l *LimitsConfig) Validate() error {
 
 // access holds what websocket_server checks before it upgrades a request.
 type access struct {
-	tokens    [][sha256.Size]byte // hashes of tokens (config), compared in constant time
+	tokens    []bearer.Sum // of the tokens (config); see package bearer
 	tokenFile string
 	origins   []string // allowed Origin values; "*" any
 
 	mu        sync.Mutex
-	fileStamp string              // size and mtime of token_file when read
-	fileTok   [][sha256.Size]byte // hashes of token_file's tokens
-	fileErr   error               // why token_file could not be read (refuse all)
-	perIP     map[string]int      // open connections per remote IP
-	total     int                 // open connections
+	fileStamp string         // size and mtime of token_file when read
+	fileTok   []bearer.Sum   // of token_file's tokens
+	fileErr   error          // why token_file could not be read (refuse all)
+	perIP     map[string]int // open connections per remote IP
+	total     int            // open connections
 	limits    LimitsConfig
 }
 
@@ -155,7 +154,7 @@ func newAccess(cfg *ServerConfig) (*access, error) {
 		if t == "" {
 			return nil, &pipeline.FieldError{Field: "tokens", Err: errors.New("must not hold an empty token (is an env() variable unset?)")}
 		}
-		a.tokens = append(a.tokens, sha256.Sum256([]byte(t)))
+		a.tokens = append(a.tokens, bearer.Hash(t))
 	}
 	if a.tokenFile != "" {
 		a.mu.Lock()
@@ -188,14 +187,14 @@ func (a *access) reloadTokenFile() error {
 		a.fileErr = err
 		return err
 	}
-	var toks [][sha256.Size]byte
+	var toks []bearer.Sum
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		toks = append(toks, sha256.Sum256([]byte(line)))
+		toks = append(toks, bearer.Hash(line))
 	}
 	a.fileStamp, a.fileTok, a.fileErr = stamp, toks, nil
 	return nil
@@ -205,40 +204,28 @@ func (a *access) reloadTokenFile() error {
 // `token` query parameter (for browsers, which cannot set headers on a
 // WebSocket).
 func token(r *http.Request) string {
-	if h := r.Header.Get("Authorization"); h != "" {
-		if t, ok := strings.CutPrefix(h, "Bearer "); ok {
-			return strings.TrimSpace(t)
-		}
-		return ""
+	if t, present := bearer.FromHeader(r); present {
+		return t
 	}
 	return r.URL.Query().Get("token")
 }
 
-// checkToken reports whether r carries an accepted token. Every accepted
-// token is compared (in constant time, over fixed-size hashes), so the time
-// taken does not tell which one nearly matched.
+// checkToken reports whether r carries an accepted token (package bearer:
+// every accepted token is compared, in constant time).
 func (a *access) checkToken(r *http.Request) bool {
 	if !a.requiresToken() {
 		return true
 	}
-	got := sha256.Sum256([]byte(token(r)))
-	ok := 0
-	for _, t := range a.tokens {
-		ok |= subtle.ConstantTimeCompare(got[:], t[:])
-	}
+	var file []bearer.Sum
 	if a.tokenFile != "" {
 		a.mu.Lock()
 		_ = a.reloadTokenFile() // a vanished file refuses every file token
-		file := a.fileTok
-		if a.fileErr != nil {
-			file = nil
+		if a.fileErr == nil {
+			file = a.fileTok
 		}
 		a.mu.Unlock()
-		for _, t := range file {
-			ok |= subtle.ConstantTimeCompare(got[:], t[:])
-		}
 	}
-	return ok == 1 && token(r) != ""
+	return bearer.Match(token(r), a.tokens, file)
 }
 
 // checkOrigin is the upgrader's Origin check: requests without an Origin

@@ -17,8 +17,6 @@ package admin
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -30,6 +28,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/slipstream-sync/slipstream/internal/bearer"
 	"github.com/slipstream-sync/slipstream/internal/telemetry"
 )
 
@@ -46,7 +45,7 @@ type Server struct {
 	ln     net.Listener
 	checks []Check
 	log    *slog.Logger
-	token  [sha256.Size]byte // sha256 of the token; zero: none required
+	token  bearer.Sum // of the token (when secure)
 	secure bool
 
 	done     chan struct{} // closed when Shutdown starts (ends streams)
@@ -69,7 +68,7 @@ func New(g prometheus.Gatherer, checks []Check, log *slog.Logger) *Server {
 // ("" requires nothing). Call it before Listen.
 func (s *Server) RequireToken(token string) {
 	s.secure = token != ""
-	s.token = sha256.Sum256([]byte(token))
+	s.token = bearer.Hash(token)
 }
 
 // Handle adds a route (for the /v1 API of later parts). Routes under /v1/
@@ -88,15 +87,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
-// authorized compares the request's bearer token with the configured one
-// in constant time (over their SHA-256 sums, so not even the length leaks).
+// authorized checks the request's bearer token against the configured one
+// (package bearer: constant time, over SHA-256 sums).
 func (s *Server) authorized(r *http.Request) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return false
-	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
-	return subtle.ConstantTimeCompare(sum[:], s.token[:]) == 1
+	got, _ := bearer.FromHeader(r)
+	return bearer.Match(got, []bearer.Sum{s.token})
 }
 
 // WriteJSON writes v as a JSON response with status.
