@@ -36,17 +36,23 @@ type NamedStage struct {
 	Stage Stage
 }
 
-// Runner runs one pipeline: its sources feed a chain of stages, one goroutine
-// per stage, over bounded channels of envelopes. Each stage takes whatever is
-// waiting (up to MaxBatch) as one batch, so batching grows with load and adds
-// no latency when idle. A full channel blocks the stage before it and finally
-// the sources' emit, which stops them reading their sockets.
+// Runner runs one pipeline: its sources feed a chain of stages over bounded
+// channels of envelopes. A stage that waits (Isolated: persist's synced
+// commit, command's handlers) has a goroutine of its own; each stretch of
+// other stages shares one, which runs them in turn on the same batch (see
+// Isolated). Each goroutine takes whatever is waiting in front of it (up to
+// MaxBatch) as one batch, so batching grows with load and adds no latency
+// when idle. A full channel blocks the goroutine before it and finally the
+// sources' emit, which stops them reading their sockets.
 type Runner struct {
 	Name     string
 	Sources  []NamedSource
 	Stages   []NamedStage
 	MaxBatch int
 	Queue    int
+	// Separate runs every stage in a goroutine of its own, as if each were
+	// Isolated (for comparisons: BenchmarkPipelineInProcess).
+	Separate bool
 	Logger   *slog.Logger
 	Tracer   trace.Tracer // nil: no spans
 	Metrics  *Metrics
@@ -223,19 +229,20 @@ func (r *Runner) Run(ctx, hard context.Context) error {
 	}
 	r.startOnce.Do(func() { r.stopEmit = make(chan struct{}) })
 
-	chans := make([]chan *Envelope, len(r.Stages)+1)
+	segs := r.segments()
+	chans := make([]chan *Envelope, len(segs)+1)
 	for i := range chans {
 		chans[i] = make(chan *Envelope, r.Queue)
 	}
 	in := chans[0]
 
 	var stagesWG sync.WaitGroup
-	for i, st := range r.Stages {
+	for i, seg := range segs {
 		stagesWG.Add(1)
 		go func() {
 			defer stagesWG.Done()
 			defer close(chans[i+1])
-			r.runStage(hard, i, st, chans[i], chans[i+1], i == 0, i == len(r.Stages)-1)
+			r.runSegment(hard, seg, chans[i], chans[i+1])
 		}()
 	}
 	// The last channel has no reader but the drain below.
@@ -281,25 +288,94 @@ func (r *Runner) Run(ctx, hard context.Context) error {
 	return errors.Join(errs...)
 }
 
-// runStage is one stage's loop: take a batch, process it, pass it on.
-func (r *Runner) runStage(hard context.Context, idx int, st NamedStage, in <-chan *Envelope, out chan<- *Envelope, first, last bool) {
-	log := r.Logger.With("pipeline", r.Name, "stage", st.Kind)
-	stats := &r.stageStats()[idx]
-	m := r.Metrics
-	passed := m.Messages.WithLabelValues(r.Name, st.Kind, "passed")
-	failed := m.Messages.WithLabelValues(r.Name, st.Kind, "failed")
-	dropped := m.Messages.WithLabelValues(r.Name, st.Kind, "dropped")
-	errs := m.Errors.WithLabelValues(r.Name, st.Kind)
-	hist := m.Batches.WithLabelValues(r.Name, st.Kind)
-	queue := m.Queue.WithLabelValues(r.Name, st.Kind)
-	var outcome [Failed + 1]prometheus.Counter
-	for s := Duplicate; s <= Failed; s++ {
-		outcome[s] = m.Messages.WithLabelValues(r.Name, st.Kind, s.String())
-	}
+// stageRun is what a stage's goroutine keeps for one stage: its
+// instruments and its reusable buffers.
+type stageRun struct {
+	idx         int
+	st          NamedStage
+	first, last bool // the pipeline's first and last stage
+	log         *slog.Logger
+	stats       *stageStats
+	passed      prometheus.Counter
+	failed      prometheus.Counter
+	dropped     prometheus.Counter
+	errs        prometheus.Counter
+	hist        prometheus.Observer
+	queue       prometheus.Gauge
+	outcome     [Failed + 1]prometheus.Counter
+	work        []*Envelope
+	before      []Status
+}
 
+func (r *Runner) newStageRun(idx int) *stageRun {
+	st := r.Stages[idx]
+	m := r.Metrics
+	sr := &stageRun{
+		idx: idx, st: st, first: idx == 0, last: idx == len(r.Stages)-1,
+		log:     r.Logger.With("pipeline", r.Name, "stage", st.Kind),
+		stats:   &r.stageStats()[idx],
+		passed:  m.Messages.WithLabelValues(r.Name, st.Kind, "passed"),
+		failed:  m.Messages.WithLabelValues(r.Name, st.Kind, "failed"),
+		dropped: m.Messages.WithLabelValues(r.Name, st.Kind, "dropped"),
+		errs:    m.Errors.WithLabelValues(r.Name, st.Kind),
+		hist:    m.Batches.WithLabelValues(r.Name, st.Kind),
+		queue:   m.Queue.WithLabelValues(r.Name, st.Kind),
+		work:    make([]*Envelope, 0, r.MaxBatch),
+		before:  make([]Status, 0, r.MaxBatch),
+	}
+	for s := Duplicate; s <= Failed; s++ {
+		sr.outcome[s] = m.Messages.WithLabelValues(r.Name, st.Kind, s.String())
+	}
+	return sr
+}
+
+// Isolated is implemented by stages that must run in a goroutine of their
+// own: those that wait (for a synced commit, a command's handler), so that
+// the envelopes arriving meanwhile queue in front of them and make their
+// next batch. The runner runs each stretch of other stages between them in
+// one goroutine, one stage after the other on the same batch: a message then
+// crosses three goroutines in the default pipeline instead of nine.
+type Isolated interface {
+	// Isolated reports whether the stage runs in a goroutine of its own.
+	Isolated() bool
+}
+
+func isolated(st Stage) bool {
+	i, ok := st.(Isolated)
+	return ok && i.Isolated()
+}
+
+// segments splits the stages into the runs of stages that share a
+// goroutine: an isolated stage is alone in its segment, and so is every
+// stage when Separate is set.
+func (r *Runner) segments() [][]int {
+	var segs [][]int
+	var cur []int
+	for i, st := range r.Stages {
+		if r.Separate || isolated(st.Stage) {
+			if len(cur) > 0 {
+				segs = append(segs, cur)
+			}
+			segs, cur = append(segs, []int{i}), nil
+			continue
+		}
+		cur = append(cur, i)
+	}
+	if len(cur) > 0 {
+		segs = append(segs, cur)
+	}
+	return segs
+}
+
+// runSegment is the loop of one goroutine: take what waits in front of its
+// first stage as a batch, run it through each of its stages in turn, pass
+// what is left on.
+func (r *Runner) runSegment(hard context.Context, seg []int, in <-chan *Envelope, out chan<- *Envelope) {
+	runs := make([]*stageRun, len(seg))
+	for k, idx := range seg {
+		runs[k] = r.newStageRun(idx)
+	}
 	batch := make([]*Envelope, 0, r.MaxBatch)
-	work := make([]*Envelope, 0, r.MaxBatch)
-	before := make([]Status, 0, r.MaxBatch)
 	// On a hard stop, whatever is still queued leaves the pipeline unfinished.
 	defer func() {
 		if hard.Err() == nil {
@@ -343,83 +419,98 @@ func (r *Runner) runStage(hard context.Context, idx int, st NamedStage, in <-cha
 				break drain
 			}
 		}
-		queue.Set(float64(len(in)))
-		before = before[:0]
-		for _, e := range batch {
-			before = append(before, e.Status)
-		}
-		n := len(batch)
-		// Stages may filter their input in place: they get a copy, and the
-		// runner keeps the batch for tracing and bookkeeping.
-		work = append(work[:0], batch...)
-		start := time.Now()
-		outBatch, err := st.Stage.Process(hard, work)
-		end := time.Now()
-		hist.Observe(end.Sub(start).Seconds())
-		stats.processed.Add(uint64(n))
-		if err != nil {
-			errs.Inc()
-			stats.errors.Add(1)
-			failed.Add(float64(n))
-			log.Error("stage failed a batch; its messages were not acknowledged", "batch", n, "err", err)
-			r.trace(st.Kind, first, batch, before, start, end, err)
-			for _, e := range batch {
-				e.finish()
+		runs[0].queue.Set(float64(len(in)))
+		cur := batch
+		for _, sr := range runs {
+			if len(cur) == 0 {
+				break
 			}
-			if closed {
-				return
-			}
-			continue
+			cur = r.step(hard, sr, cur)
 		}
-		r.trace(st.Kind, first, batch, before, start, end, nil)
-		if r.tapping.Load() > 0 {
-			r.tapOut(st.Kind, outBatch)
-		}
-		kept := 0
-		for i, e := range batch {
-			if before[i] == Accepted && e.Status != Accepted {
-				outcome[e.Status].Inc()
-			}
-		}
-		// A round number unique across the runner's stages marks what this
-		// stage passed on; the rest of the batch was dropped here.
-		round := r.rounds.Add(1)
-		for _, e := range outBatch {
-			e.mark = round
-		}
-		for _, e := range batch {
-			if e.mark != round {
-				r.left(st.Kind, e, false)
-				e.finish() // dropped by this stage
-			}
-		}
-		for i, e := range outBatch {
-			if e.Status == Accepted {
-				kept++
-			}
-			if last {
-				r.left(st.Kind, e, true)
-				e.finish()
-				continue
-			}
+		for i, e := range cur {
 			select {
 			case out <- e:
 			case <-hard.Done():
-				for _, e := range outBatch[i:] {
+				for _, e := range cur[i:] {
 					e.finish()
 				}
 				return
 			}
 		}
-		passed.Add(float64(kept))
-		if d := n - len(outBatch); d > 0 {
-			dropped.Add(float64(d))
-			stats.dropped.Add(uint64(d))
-		}
 		if closed {
 			return
 		}
 	}
+}
+
+// step runs one stage on batch and returns what it passes on (nothing when
+// the stage is the pipeline's last: what passes it has left the pipeline).
+// Whatever the stage drops, or the whole batch when it fails, is finished.
+func (r *Runner) step(hard context.Context, sr *stageRun, batch []*Envelope) []*Envelope {
+	sr.before = sr.before[:0]
+	for _, e := range batch {
+		sr.before = append(sr.before, e.Status)
+	}
+	n := len(batch)
+	// Stages may filter their input in place: they get a copy, and the
+	// runner keeps the batch for tracing and bookkeeping.
+	sr.work = append(sr.work[:0], batch...)
+	start := time.Now()
+	outBatch, err := sr.st.Stage.Process(hard, sr.work)
+	end := time.Now()
+	sr.hist.Observe(end.Sub(start).Seconds())
+	sr.stats.processed.Add(uint64(n))
+	if err != nil {
+		sr.errs.Inc()
+		sr.stats.errors.Add(1)
+		sr.failed.Add(float64(n))
+		sr.log.Error("stage failed a batch; its messages were not acknowledged", "batch", n, "err", err)
+		r.trace(sr.st.Kind, sr.first, batch, sr.before, start, end, err)
+		for _, e := range batch {
+			e.finish()
+		}
+		return nil
+	}
+	r.trace(sr.st.Kind, sr.first, batch, sr.before, start, end, nil)
+	if r.tapping.Load() > 0 {
+		r.tapOut(sr.st.Kind, outBatch)
+	}
+	for i, e := range batch {
+		if sr.before[i] == Accepted && e.Status != Accepted {
+			sr.outcome[e.Status].Inc()
+		}
+	}
+	// A round number unique across the runner's stages marks what this
+	// stage passed on; the rest of the batch was dropped here.
+	round := r.rounds.Add(1)
+	for _, e := range outBatch {
+		e.mark = round
+	}
+	for _, e := range batch {
+		if e.mark != round {
+			r.left(sr.st.Kind, e, false)
+			e.finish() // dropped by this stage
+		}
+	}
+	kept := 0
+	for _, e := range outBatch {
+		if e.Status == Accepted {
+			kept++
+		}
+	}
+	sr.passed.Add(float64(kept))
+	if d := n - len(outBatch); d > 0 {
+		sr.dropped.Add(float64(d))
+		sr.stats.dropped.Add(uint64(d))
+	}
+	if sr.last {
+		for _, e := range outBatch {
+			r.left(sr.st.Kind, e, true)
+			e.finish()
+		}
+		return nil
+	}
+	return outBatch
 }
 
 // logMessage writes the log.messages line of an envelope leaving at stage.

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 
@@ -34,9 +35,49 @@ func dropEvery(n, k int) Stage {
 	})
 }
 
-// Every envelope leaves the pipeline exactly once, whichever stage drops it,
-// and the runner stops with no goroutine left behind.
+// isolatedStage is a stage that asks for a goroutine of its own.
+type isolatedStage struct{ Stage }
+
+func (isolatedStage) Isolated() bool { return true }
+
+func TestRunnerSegments(t *testing.T) {
+	plain := dropEvery(2, 0)
+	iso := isolatedStage{plain}
+	for _, c := range []struct {
+		name     string
+		stages   []Stage
+		separate bool
+		want     string
+	}{
+		{"default pipeline's shape", []Stage{plain, plain, plain, plain, iso, plain, plain, plain, plain}, false, "[[0 1 2 3] [4] [5 6 7 8]]"},
+		{"separate", []Stage{plain, plain, iso, plain}, true, "[[0] [1] [2] [3]]"},
+		{"isolated first and last", []Stage{iso, plain, iso}, false, "[[0] [1] [2]]"},
+		{"two isolated in a row", []Stage{plain, iso, iso, plain}, false, "[[0] [1] [2] [3]]"},
+		{"none isolated", []Stage{plain, plain}, false, "[[0 1]]"},
+	} {
+		r := &Runner{Separate: c.separate}
+		for _, st := range c.stages {
+			r.Stages = append(r.Stages, NamedStage{Kind: "k", Stage: st})
+		}
+		if got := fmt.Sprint(r.segments()); got != c.want {
+			t.Errorf("%s: segments %s, want %s", c.name, got, c.want)
+		}
+	}
+}
+
+// Every envelope leaves the pipeline exactly once, whichever stage drops it
+// and whichever goroutine runs it, and the runner stops with no goroutine
+// left behind.
 func TestRunnerCallsDoneOnceForEveryEnvelope(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		separate bool
+	}{{"segments", false}, {"separate", true}} {
+		t.Run(c.name, func(t *testing.T) { testDoneOnce(t, c.separate) })
+	}
+}
+
+func testDoneOnce(t *testing.T, separate bool) {
 	defer goleak.VerifyNone(t)
 	const n = 5000
 	var done, twice atomic.Int64
@@ -69,10 +110,12 @@ func TestRunnerCallsDoneOnceForEveryEnvelope(t *testing.T) {
 		Stages: []NamedStage{
 			{Kind: "a", Stage: dropEvery(3, 0)},
 			{Kind: "b", Stage: failing},
-			{Kind: "c", Stage: dropEvery(5, 1)},
+			{Kind: "c", Stage: isolatedStage{dropEvery(5, 1)}},
 			{Kind: "d", Stage: dropEvery(7, 2)},
+			{Kind: "e", Stage: dropEvery(11, 3)},
 		},
 		MaxBatch: 16,
+		Separate: separate,
 	}
 	if err := r.Run(context.Background(), context.Background()); err != nil {
 		t.Fatal(err)

@@ -227,12 +227,16 @@ func (s *countingSink) Deliver(_ context.Context, batch []*pipeline.Envelope) er
 // BenchmarkPipelineInProcess runs the default pipeline's stages over
 // Badger on disk, with tracing off, and on with 1% and 100% of traces
 // sampled (spans go through the SDK's batch processor to an exporter that
-// drops them: the cost of tracing without a collector's).
+// drops them: the cost of tracing without a collector's); and with tracing
+// off and every stage in a goroutine of its own (pipeline.Runner.Separate),
+// against which the runner's default (stages sharing goroutines between
+// isolated ones) compares.
 func BenchmarkPipelineInProcess(b *testing.B) {
 	for _, tc := range []struct {
-		name  string
-		ratio float64 // < 0: no tracer
-	}{{"tracing=off", -1}, {"tracing=1%", 0.01}, {"tracing=100%", 1}} {
+		name     string
+		ratio    float64 // < 0: no tracer
+		separate bool
+	}{{"tracing=off", -1, false}, {"tracing=1%", 0.01, false}, {"tracing=100%", 1, false}, {"tracing=off,separate", -1, true}} {
 		b.Run(tc.name, func(b *testing.B) {
 			var tracer trace.Tracer
 			if tc.ratio >= 0 {
@@ -242,7 +246,7 @@ func BenchmarkPipelineInProcess(b *testing.B) {
 				defer func() { _ = tp.Shutdown(context.Background()) }()
 				tracer = tp.Tracer("bench")
 			}
-			benchPipeline(b, tracer)
+			benchPipeline(b, tracer, tc.separate)
 		})
 	}
 }
@@ -253,7 +257,7 @@ type discardExporter struct{}
 func (discardExporter) ExportSpans(context.Context, []sdktrace.ReadOnlySpan) error { return nil }
 func (discardExporter) Shutdown(context.Context) error                             { return nil }
 
-func benchPipeline(b *testing.B, tracer trace.Tracer) {
+func benchPipeline(b *testing.B, tracer trace.Tracer, separate bool) {
 	h := newHarness(b)
 	benchLinks(h)
 	sink := &countingSink{}
@@ -287,7 +291,7 @@ func benchPipeline(b *testing.B, tracer trace.Tracer) {
 		}
 		return nil
 	})
-	r := &pipeline.Runner{Name: "main", Sources: []pipeline.NamedSource{{Ref: "bench.src", Source: src}}, Stages: stages, Tracer: tracer}
+	r := &pipeline.Runner{Name: "main", Sources: []pipeline.NamedSource{{Ref: "bench.src", Source: src}}, Stages: stages, Tracer: tracer, Separate: separate}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 

@@ -64,7 +64,16 @@ type Persist struct {
 	seen  map[string]struct{}
 }
 
-var _ pipeline.Stage = (*Persist)(nil)
+var (
+	_ pipeline.Stage    = (*Persist)(nil)
+	_ pipeline.Isolated = (*Persist)(nil)
+)
+
+// Isolated implements pipeline.Isolated: persist waits for each synced
+// commit in a goroutine of its own, while the messages that arrive meanwhile
+// queue in front of it and become its next batch (group commit started by
+// arrival), and the stages before and after it go on.
+func (p *Persist) Isolated() bool { return true }
 
 // Process implements pipeline.Stage. The batch is written in one synced
 // transaction, or in several when it exceeds Badger's transaction limits;
