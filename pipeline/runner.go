@@ -37,8 +37,8 @@ type NamedStage struct {
 }
 
 // Runner runs one pipeline: its sources feed a chain of stages over bounded
-// channels of envelopes. A stage that waits (Isolated: persist's synced
-// commit, command's handlers) has a goroutine of its own; each stretch of
+// channels of envelopes. A stage that waits (Isolated: persist, for its
+// synced commit) has a goroutine of its own; each stretch of
 // other stages shares one, which runs them in turn on the same batch (see
 // Isolated). Each goroutine takes whatever is waiting in front of it (up to
 // MaxBatch) as one batch, so batching grows with load and adds no latency
@@ -291,7 +291,6 @@ func (r *Runner) Run(ctx, hard context.Context) error {
 // stageRun is what a stage's goroutine keeps for one stage: its
 // instruments and its reusable buffers.
 type stageRun struct {
-	idx         int
 	st          NamedStage
 	first, last bool // the pipeline's first and last stage
 	log         *slog.Logger
@@ -311,7 +310,7 @@ func (r *Runner) newStageRun(idx int) *stageRun {
 	st := r.Stages[idx]
 	m := r.Metrics
 	sr := &stageRun{
-		idx: idx, st: st, first: idx == 0, last: idx == len(r.Stages)-1,
+		st: st, first: idx == 0, last: idx == len(r.Stages)-1,
 		log:     r.Logger.With("pipeline", r.Name, "stage", st.Kind),
 		stats:   &r.stageStats()[idx],
 		passed:  m.Messages.WithLabelValues(r.Name, st.Kind, "passed"),
@@ -330,7 +329,7 @@ func (r *Runner) newStageRun(idx int) *stageRun {
 }
 
 // Isolated is implemented by stages that must run in a goroutine of their
-// own: those that wait (for a synced commit, a command's handler), so that
+// own: those that wait (persist, for its synced commit), so that
 // the envelopes arriving meanwhile queue in front of them and make their
 // next batch. The runner runs each stretch of other stages between them in
 // one goroutine, one stage after the other on the same batch: a message then
