@@ -157,7 +157,7 @@ func startInstanceSources(t *testing.T, hcl string, sources ...string) (urls []s
 			t.Fatalf("source %s has no Addr method", name)
 		}
 		var addr net.Addr
-		checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 			select {
 			case err := <-ran:
 				ran <- err
@@ -172,21 +172,4 @@ func startInstanceSources(t *testing.T, hcl string, sources ...string) (urls []s
 		urls = append(urls, "ws://"+addr.String()+"/ws")
 	}
 	return urls, stop
-}
-
-// checkFor calls fn every interval until it returns nil, failing the test
-// with fn's last error after timeout.
-func checkFor(t testing.TB, timeout, interval time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/slipstream-sync/slipstream/client/badgerdedup"
 	"github.com/slipstream-sync/slipstream/client/redisdedup"
 	"github.com/slipstream-sync/slipstream/internal/testredis"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // redundantPair starts two instances of one cluster group ("g"), not
@@ -89,7 +90,7 @@ func receiveBoth(t *testing.T, log *handledLog, a1, a2 string, store1, store2 cl
 func checkOnceEach(t *testing.T, log *handledLog, ids []string, r1, r2 *client.Session) {
 	t.Helper()
 	n := uint64(len(ids))
-	checkFor(t, 20*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error {
 		s1, s2 := r1.Stats(), r2.Stats()
 		if got := s1.Handled + s1.Duplicates + s2.Handled + s2.Duplicates; got < 2*n {
 			return fmt.Errorf("%d of %d deliveries settled: %+v %+v", got, 2*n, s1, s2)
@@ -159,7 +160,7 @@ func TestReceiverDedupBadgerAcrossRestart(t *testing.T) {
 			}, client.SubscribeOptions{Dedup: store})
 		}()
 		publishTo(t, msgs, url)
-		checkFor(t, 20*time.Second, 10*time.Millisecond, func() error { return want(s.Stats()) })
+		testutil.CheckFor(t, 20*time.Second, 10*time.Millisecond, func() error { return want(s.Stats()) })
 		cancel()
 		<-done
 	}

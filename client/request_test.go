@@ -13,6 +13,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/client"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // startStateInstance returns the URLs of its ingress (commands allowed) and
@@ -97,7 +98,7 @@ func TestRequestEveryReplyAndTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Wait for b to hold it (the peer link may still be connecting).
-	checkFor(t, 15*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		v, found, err := cb.Get(ctx, "shared", client.Targeting("b"))

@@ -146,7 +146,7 @@ func TestSessionSubscribeAcksAfterHandlerAndRedeliversAfterError(t *testing.T) {
 		}
 		ids = append(ids, ack.MessageID)
 	}
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if m := log.missing(ids); len(m) > 0 {
 			return fmt.Errorf("not handled yet: %v", m)
 		}
@@ -277,7 +277,7 @@ func TestSessionReconnectsWithoutLoss(t *testing.T) {
 	if err := <-pubErr; err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
 		if m := log.missing(ids); len(m) > 0 {
 			return fmt.Errorf("%d messages not delivered yet, e.g. %s", len(m), m[0])
 		}
@@ -401,7 +401,7 @@ func TestSessionCloseEndsCalls(t *testing.T) {
 	url, stop := startInstance(t, instanceHCL(t, "inst-1"))
 	s := connect(t, url, client.SessionOptions{})
 	stop() // the session redials in vain
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		if s.Connected() {
 			return errors.New("still connected")
 		}

@@ -17,27 +17,11 @@ import (
 
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
 const self = "self-1"
-
-// checkFor polls fn every interval until it returns nil, failing the test
-// with fn's last error after timeout.
-func checkFor(t *testing.T, timeout, interval time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still failing after %s: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
-}
 
 // harness is a websocket sink built through its kind on a real Badger store.
 // Close it with defer (before goleak's check runs).
@@ -164,7 +148,7 @@ func (h *harness) commit(l *link.Link, seq uint64, i int) {
 // wait.
 func (h *harness) waitDrained(id string) {
 	h.t.Helper()
-	checkFor(h.t, wait, time.Millisecond, func() error {
+	testutil.CheckFor(h.t, wait, time.Millisecond, func() error {
 		if n := h.pending(id); n != 0 {
 			return fmt.Errorf("%d entries still pending for %s", n, id)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -143,8 +144,8 @@ func TestMaxPendingEvictsTheOldest(t *testing.T) {
 
 	rec := recorder{then: h.autoAck("pi-1")}
 	h.attach("pi-1", true, rec.conn())
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(16, 25)))
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(16, 25)))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if p := h.pending("pi-1"); p != 0 {
 			return fmt.Errorf("%d entries still pending", p)
 		}
@@ -179,7 +180,7 @@ func TestMaxPendingWhileConnected(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		l.Outbox().Acked("c1", fmt.Sprintf("m%d", i))
 	}
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		sent := rec.sent()
 		if len(sent) < 3 || !slices.Equal(sent[len(sent)-3:], ids(16, 18)) {
 			return fmt.Errorf("sent %v, want m16 m17 m18 last", sent)
@@ -192,7 +193,7 @@ func TestMaxPendingWhileConnected(t *testing.T) {
 	for i := 16; i <= 18; i++ {
 		l.Outbox().Acked("c1", fmt.Sprintf("m%d", i))
 	}
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if sent := rec.sent(); len(sent) < 5 || !slices.Equal(sent[len(sent)-5:], ids(16, 20)) {
 			return fmt.Errorf("sent %v, want m16..m20 last", sent)
 		}
@@ -201,7 +202,7 @@ func TestMaxPendingWhileConnected(t *testing.T) {
 	for i := 19; i <= 20; i++ {
 		l.Outbox().Acked("c1", fmt.Sprintf("m%d", i))
 	}
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if p := h.pending("pi-1"); p != 0 {
 			return fmt.Errorf("%d entries still pending (sent %v)", p, rec.sent())
 		}
@@ -249,8 +250,8 @@ func TestMaxAgeEvictsOldEntries(t *testing.T) {
 
 	rec := recorder{then: h.autoAck("pi-1")}
 	h.attach("pi-1", true, rec.conn())
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(31, 33)))
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(31, 33)))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if age := h.gauge("slipstream_outbox_oldest_seconds", "link", "pi-1"); age != 0 {
 			return fmt.Errorf("oldest_seconds %v after every ACK", age)
 		}
@@ -293,7 +294,7 @@ func TestOutboxGaugesAfterRestart(t *testing.T) {
 	defer h.close()
 	l = h.links.Get("pi-1")
 	h.publish(l, 41, 45) // may race the writer's first count
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if d := h.gauge("slipstream_outbox_depth", "link", "pi-1"); d != 45 {
 			return fmt.Errorf("depth %v, want 45", d)
 		}
@@ -309,7 +310,7 @@ func TestOutboxGaugesAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.publish(l, 46, 46)
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if d := h.gauge("slipstream_outbox_depth", "link", "pi-1"); d != 46 {
 			return fmt.Errorf("depth %v, want 46", d)
 		}
@@ -372,14 +373,14 @@ func TestRescanResendsAnEntryThatCameBack(t *testing.T) {
 	rec := recorder{then: h.autoAck("pi-1")}
 	l := h.attach("pi-1", true, rec.conn())
 	h.publish(l, 1, 5)
-	checkFor(t, wait, time.Millisecond, rec.wantSent(ids(1, 5)))
+	testutil.CheckFor(t, wait, time.Millisecond, rec.wantSent(ids(1, 5)))
 	h.waitDrained("pi-1")
 	// Seq 2 comes back, unnotified.
 	if err := h.st.DB().Update(func(txn *badger.Txn) error { return txn.Set(store.OutboxKey("pi-1", 2), frame(2)) }); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, wait, time.Millisecond, rec.wantSent(append(ids(1, 5), "m2")))
-	checkFor(t, wait, time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, time.Millisecond, rec.wantSent(append(ids(1, 5), "m2")))
+	testutil.CheckFor(t, wait, time.Millisecond, func() error {
 		if p := h.pending("pi-1"); p != 0 {
 			return fmt.Errorf("%d entries still pending", p)
 		}

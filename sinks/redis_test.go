@@ -19,6 +19,7 @@ import (
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/store"
 	"github.com/slipstream-sync/slipstream/internal/testredis"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -150,7 +151,7 @@ func dumpRedis(ctx context.Context, c *redis.Client, key string) (string, error)
 
 func expectRedis(t *testing.T, c *redis.Client, want map[string]string) {
 	t.Helper()
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		for k, w := range want {
 			got, err := dumpRedis(context.Background(), c, k)
 			if err != nil {
@@ -331,7 +332,7 @@ func TestRedisSinkResyncsAfterRedisRestart(t *testing.T) {
 	}
 	h.set(slipstream.TypeSK, "before:0", "null", 99, "del0")
 	want["before:0"] = "none"
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if metricValue(h.sink.m.connected) != 0 {
 			return errors.New("the sink still reports connected while Redis is down")
 		}
@@ -343,7 +344,7 @@ func TestRedisSinkResyncsAfterRedisRestart(t *testing.T) {
 
 	srv.Restart()
 	expectRedis(t, c, want)
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if metricValue(h.sink.m.connected) != 1 {
 			return errors.New("the sink does not report connected after Redis came back")
 		}

@@ -17,6 +17,7 @@ import (
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -76,12 +77,12 @@ func TestDeliversInOrderAndDeletesOnAck(t *testing.T) {
 		{Status: pipeline.Accepted, Encoded: frame(901), Recipients: []string{"pi-1", "gone"}, Seqs: []uint64{0, 7}},
 	})
 
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 100)))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 100)))
 	h.waitDrained("pi-1")
 	if got := h.counter("sent"); got != 100 {
 		t.Errorf("sent counter = %v, want 100", got)
 	}
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if got := h.counter("acked"); got != 100 {
 			return fmt.Errorf("acked counter = %v, want 100", got)
 		}
@@ -109,10 +110,10 @@ func TestWindowLimitsInFlight(t *testing.T) {
 	}
 	l := h.attach("pi-1", true, rec.conn())
 	h.publish(l, 1, 40)
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, window)))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, window)))
 
 	for i := 1; i <= 40; i++ {
-		checkFor(t, wait, time.Millisecond, func() error {
+		testutil.CheckFor(t, wait, time.Millisecond, func() error {
 			if n := len(rec.sent()); n < i {
 				return fmt.Errorf("sent %d, want at least %d", n, i)
 			}
@@ -121,7 +122,7 @@ func TestWindowLimitsInFlight(t *testing.T) {
 		acked.Add(1)
 		l.Outbox().Acked("c1", fmt.Sprintf("m%d", i))
 	}
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 40)))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 40)))
 	if v := violations.Load(); v != 0 {
 		t.Fatalf("%d sends exceeded the window of %d", v, window)
 	}
@@ -138,7 +139,7 @@ func TestResendsWithBackoff(t *testing.T) {
 	var rec recorder
 	l := h.attach("pi-1", true, rec.conn())
 	h.publish(l, 1, 1)
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if n := len(rec.sent()); n < 5 {
 			return fmt.Errorf("sent %d times, want 5", n)
 		}
@@ -164,7 +165,7 @@ func TestResendsWithBackoff(t *testing.T) {
 func (h *harness) dlq(id string, n int) []store.DeadLetter {
 	h.t.Helper()
 	var got []store.DeadLetter
-	checkFor(h.t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(h.t, wait, 5*time.Millisecond, func() error {
 		var err error
 		if got, err = h.st.ListDLQ(id, 0); err != nil {
 			return err
@@ -214,14 +215,14 @@ func TestDisconnectKeepsAttemptsAndResendsInOrder(t *testing.T) {
 	c1 := first.conn()
 	l := h.attach("pi-1", true, c1)
 	h.publish(l, 1, 3)
-	checkFor(t, wait, time.Millisecond, first.wantSent(ids(1, 3)))
+	testutil.CheckFor(t, wait, time.Millisecond, first.wantSent(ids(1, 3)))
 
 	for range 5 {
 		h.links.Detach(l, c1)
 		var next recorder
 		c1 = next.conn()
 		h.attach("pi-1", true, c1)
-		checkFor(t, wait, time.Millisecond, next.wantSent(ids(1, 3)))
+		testutil.CheckFor(t, wait, time.Millisecond, next.wantSent(ids(1, 3)))
 	}
 	for i := 1; i <= 3; i++ {
 		l.Outbox().Acked("c1", fmt.Sprintf("m%d", i))
@@ -243,7 +244,7 @@ func TestMemoryOverflowFallsBackToStoreInOrder(t *testing.T) {
 	for i := 1; i <= n; i += 100 {
 		h.publish(l, i, i+99)
 	}
-	checkFor(t, 30*time.Second, 10*time.Millisecond, rec.wantSent(ids(1, n)))
+	testutil.CheckFor(t, 30*time.Second, 10*time.Millisecond, rec.wantSent(ids(1, n)))
 	h.waitDrained("pi-1")
 }
 
@@ -272,7 +273,7 @@ func TestRefusals(t *testing.T) {
 	if d.Reason != "refused by pi-1: invalid: SA value must be an array" || d.Seq != 1 {
 		t.Fatalf("dead letter = %+v", d)
 	}
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if p := h.pending("pi-1"); p != 0 {
 			return fmt.Errorf("%d entries still pending (sent %v)", p, rec.sent())
 		}
@@ -301,7 +302,7 @@ func TestNoAcksDeletesAfterSend(t *testing.T) {
 	const n = 3*pageSize + 10
 	h.publish(l, 1, n)
 	h.attach("pi-1", false, c)
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, n)))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, n)))
 	h.waitDrained("pi-1")
 }
 
@@ -369,10 +370,10 @@ func TestRestartDeliversStoredEntries(t *testing.T) {
 	defer h.close()
 	rec := recorder{then: h.autoAck("pi-1")}
 	l = h.attach("pi-1", true, rec.conn())
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 10)))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 10)))
 	// New messages follow, numbered after the stored ones.
 	h.publish(l, 11, 12)
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 12)))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 12)))
 	h.waitDrained("pi-1")
 }
 
@@ -387,14 +388,14 @@ func TestOutOfOrderCommitIsDelivered(t *testing.T) {
 			rec := recorder{then: h.autoAck("pi-1")}
 			l := h.attach("pi-1", true, rec.conn())
 			h.publish(l, 1, 2)
-			checkFor(t, wait, time.Millisecond, rec.wantSent(ids(1, 2)))
+			testutil.CheckFor(t, wait, time.Millisecond, rec.wantSent(ids(1, 2)))
 
 			early, late := l.NextSeq(), l.NextSeq()
 			h.commit(l, late, 4)
-			checkFor(t, wait, time.Millisecond, rec.wantSent([]string{"m1", "m2", "m4"}))
+			testutil.CheckFor(t, wait, time.Millisecond, rec.wantSent([]string{"m1", "m2", "m4"}))
 			h.commit(l, early, 3)
-			checkFor(t, wait, time.Millisecond, rec.wantSent([]string{"m1", "m2", "m4", "m3"}))
-			checkFor(t, wait, 5*time.Millisecond, func() error {
+			testutil.CheckFor(t, wait, time.Millisecond, rec.wantSent([]string{"m1", "m2", "m4", "m3"}))
+			testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 				if p := h.pending("pi-1"); p != 0 {
 					return fmt.Errorf("%d entries still pending", p)
 				}
@@ -416,13 +417,13 @@ func TestLateAckAfterDisconnectCompletes(t *testing.T) {
 	c1 := first.conn()
 	l := h.attach("pi-1", true, c1)
 	h.publish(l, 1, 3)
-	checkFor(t, wait, time.Millisecond, first.wantSent(ids(1, 3)))
+	testutil.CheckFor(t, wait, time.Millisecond, first.wantSent(ids(1, 3)))
 	h.links.Detach(l, c1)
 	time.Sleep(100 * time.Millisecond) // the writer ends the session first
 	for i := 1; i <= 2; i++ {
 		l.Outbox().Acked("c1", fmt.Sprintf("m%d", i))
 	}
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if n := h.pending("pi-1"); n != 1 {
 			return fmt.Errorf("%d entries pending, want 1 (m3)", n)
 		}
@@ -430,7 +431,7 @@ func TestLateAckAfterDisconnectCompletes(t *testing.T) {
 	})
 	var next recorder
 	h.attach("pi-1", true, next.conn())
-	checkFor(t, wait, time.Millisecond, next.wantSent(ids(3, 3)))
+	testutil.CheckFor(t, wait, time.Millisecond, next.wantSent(ids(3, 3)))
 	time.Sleep(100 * time.Millisecond)
 	if got := next.sent(); len(got) != 1 {
 		t.Fatalf("sent again %v, want only m3", got)
@@ -455,7 +456,7 @@ func TestNotifiedHeaderIsUsed(t *testing.T) {
 	h.sink.afterRead = func(string) { reads.Add(1) }
 	var rec recorder
 	l := h.attach("pi-1", true, rec.conn())
-	checkFor(t, wait, time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, time.Millisecond, func() error {
 		if reads.Load() == 0 {
 			return errors.New("no read yet")
 		}
@@ -473,7 +474,7 @@ func TestNotifiedHeaderIsUsed(t *testing.T) {
 	if err := h.sink.Deliver(context.Background(), batch); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 3)))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(ids(1, 3)))
 	ob := l.Outbox()
 	ob.Acked("c1", "m1") // the frame's id: not what the writer knows this entry by
 	for i := 1; i <= 3; i++ {
@@ -512,8 +513,8 @@ func TestCatchUpWhileNotified(t *testing.T) {
 					time.Sleep(time.Millisecond)
 				}
 			}
-			checkFor(t, 30*time.Second, 10*time.Millisecond, rec.wantSent(ids(1, n)))
-			checkFor(t, wait, 5*time.Millisecond, func() error {
+			testutil.CheckFor(t, 30*time.Second, 10*time.Millisecond, rec.wantSent(ids(1, n)))
+			testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 				if p := h.pending("pi-1"); p != 0 {
 					return fmt.Errorf("%d entries still pending", p)
 				}
@@ -570,7 +571,7 @@ func TestCatchUpAfterRead(t *testing.T) {
 		mu.Unlock()
 	}}
 	l := h.attach("pi-1", true, rec.conn())
-	checkFor(t, wait, time.Millisecond, func() error { // the first read: nothing stored
+	testutil.CheckFor(t, wait, time.Millisecond, func() error { // the first read: nothing stored
 		if reads.Load() == 0 {
 			return errors.New("no read yet")
 		}
@@ -588,7 +589,7 @@ func TestCatchUpAfterRead(t *testing.T) {
 		during <- action
 		auto.Store(false)
 		deliver(l, seqs[:60], first)
-		checkFor(t, wait, time.Millisecond, rec.wantSent(append(want, ids(first, first+window-1)...)))
+		testutil.CheckFor(t, wait, time.Millisecond, rec.wantSent(append(want, ids(first, first+window-1)...)))
 		auto.Store(true)
 		mu.Lock()
 		for _, id := range held {
@@ -608,24 +609,24 @@ func TestCatchUpAfterRead(t *testing.T) {
 		close(ran)
 	})
 	want = ids(1, 105)
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
 	<-ran
 	h.publish(l, 106, 110) // from memory
 	want = ids(1, 110)
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
 
 	// While the writer reads, 201..230 are stored and notified: more than
 	// memory holds, the writer reads them from the store.
 	behind(h.put(l, 111, 200), 111, func() { deliver(l, h.put(l, 201, 230), 201) })
 	want = ids(1, 230)
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
 
 	// Out of order (as a DLQ replay racing persist): seq s is taken before
 	// 291..300 but committed only while the writer reads up to 300 (after
 	// a new connection: a new session reads the store from the start), and
 	// notified before them. It is below the writer's cursor and was not
 	// read: the writer goes back to the store for it.
-	checkFor(t, wait, 5*time.Millisecond, func() error { // nothing pending: the new session re-sends nothing
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error { // nothing pending: the new session re-sends nothing
 		if p := h.pending("pi-1"); p != 0 {
 			return fmt.Errorf("%d entries still pending", p)
 		}
@@ -643,6 +644,6 @@ func TestCatchUpAfterRead(t *testing.T) {
 	}
 	h.attach("pi-1", true, rec.conn())
 	want = append(ids(1, 300), "m999")
-	checkFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
+	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
 	h.waitDrained("pi-1")
 }

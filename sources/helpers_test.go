@@ -14,6 +14,7 @@ import (
 
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -21,23 +22,6 @@ const (
 	self = "self-1"
 	wait = 10 * time.Second
 )
-
-// checkFor polls fn every interval until it returns nil, failing the test
-// with fn's last error after timeout.
-func checkFor(t *testing.T, timeout, interval time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still failing after %s: %v", timeout, err)
-		}
-		time.Sleep(interval)
-	}
-}
 
 // harness runs a websocket_server source, built through its kind, on
 // 127.0.0.1:0 with a real store and link registry. Close it with defer
@@ -203,7 +187,7 @@ func wantErr(t *testing.T, c *websocket.Conn, code string) map[string]any {
 func (h *harness) linkState(id string, connected bool) *link.Link {
 	h.t.Helper()
 	var l *link.Link
-	checkFor(h.t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(h.t, wait, 5*time.Millisecond, func() error {
 		l = h.links.Get(id)
 		switch {
 		case l == nil && connected:
@@ -220,7 +204,7 @@ func (h *harness) linkState(id string, connected bool) *link.Link {
 func (h *harness) onlyLink() *link.Link {
 	h.t.Helper()
 	var l *link.Link
-	checkFor(h.t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(h.t, wait, 5*time.Millisecond, func() error {
 		all := h.links.All()
 		if len(all) != 1 {
 			return fmt.Errorf("%d links, want 1", len(all))

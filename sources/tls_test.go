@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/slipstream-sync/slipstream/internal/testcerts"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -164,7 +165,7 @@ func TestPeerTLSReload(t *testing.T) {
 	second := ca.Issue(testcerts.Leaf{CommonName: "self-1"})
 	second.Write(t, dir, "me")
 	p := cl.peers[0]
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if c := p.tls.current().cert; c == nil || c.Leaf.SerialNumber.Cmp(second.Cert.SerialNumber) != 0 {
 			return fmt.Errorf("the rotated client certificate is not loaded")
 		}
@@ -174,7 +175,7 @@ func TestPeerTLSReload(t *testing.T) {
 		t.Fatal("the rotation replaced the connection")
 	}
 	up.Close(1001, "test: redial")
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if got := seen.last(); got != second.Cert.SerialNumber.String() {
 			return fmt.Errorf("the redial presented %s, want the rotated certificate", got)
 		}
@@ -182,7 +183,7 @@ func TestPeerTLSReload(t *testing.T) {
 	})
 
 	testcerts.WriteFile(t, certFile, []byte("garbage"))
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if local.counter("slipstream_tls_reloads_total", map[string]string{"outcome": "error"}) < 1 {
 			return fmt.Errorf("the bad replacement is not counted")
 		}
@@ -226,7 +227,7 @@ func TestPeerInsecureSkipVerifyWarnsOnce(t *testing.T) {
 	local.run()
 	for i := range 3 {
 		local.connected("peer-1").Close(1001, "test: redial")
-		checkFor(t, wait, 2*time.Millisecond, func() error {
+		testutil.CheckFor(t, wait, 2*time.Millisecond, func() error {
 			if n := len(raw.requests()); n < i+2 {
 				return fmt.Errorf("%d dials", n)
 			}

@@ -36,6 +36,7 @@ import (
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -225,7 +226,7 @@ func (n *node) next() *pipeline.Envelope {
 func (n *node) connected(id string) *Conn {
 	n.t.Helper()
 	var c *Conn
-	checkFor(n.t, wait, 2*time.Millisecond, func() error {
+	testutil.CheckFor(n.t, wait, 2*time.Millisecond, func() error {
 		l := n.links.Get(id)
 		if l == nil || l.Conn() == nil {
 			return fmt.Errorf("%s: link %q is not connected", n.id, id)
@@ -473,7 +474,7 @@ func TestClientWrongPeerID(t *testing.T) {
 	remote.run()
 	local.run()
 
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if n := local.connects("peer-9", "error"); n < 3 {
 			return fmt.Errorf("%v failed connects, want 3 or more", n)
 		}
@@ -507,7 +508,7 @@ func TestClientAttemptsAndCooldown(t *testing.T) {
 	local.run()
 
 	var coolingSince time.Time
-	checkFor(t, wait, time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, time.Millisecond, func() error {
 		if s := cl.PeerState("peer-1"); s != PeerCooldown {
 			return fmt.Errorf("state %q", s)
 		}
@@ -517,7 +518,7 @@ func TestClientAttemptsAndCooldown(t *testing.T) {
 	if n := local.connects("peer-1", "error"); n != 3 {
 		t.Fatalf("%v failed dials before the cooldown, want 3", n)
 	}
-	checkFor(t, wait, time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, time.Millisecond, func() error {
 		if n := local.connects("peer-1", "error"); n < 4 {
 			return fmt.Errorf("%v failed dials", n)
 		}
@@ -550,7 +551,7 @@ func TestClientRedialsAfterServerClose(t *testing.T) {
 
 	first := local.connected("peer-1")
 	remote.connected("self-1").Close(websocket.CloseGoingAway, "bye")
-	checkFor(t, wait, 2*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 2*time.Millisecond, func() error {
 		c := local.links.Get("peer-1").Conn()
 		if c == nil || c == link.Conn(first) {
 			return errors.New("not redialled yet")
@@ -659,7 +660,7 @@ func TestClientHeartbeatTimeout(t *testing.T) {
 	local.run()
 	local.connected("mute-1")
 	start := time.Now()
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		n := local.counter("slipstream_peer_heartbeat_timeouts_total", map[string]string{"peer": "mute-1"})
 		if n < 1 || local.connects("mute-1", "ok") < 2 {
 			return fmt.Errorf("%v heartbeat timeouts, %v connects", n, local.connects("mute-1", "ok"))
@@ -753,7 +754,7 @@ func TestClientTLS(t *testing.T) {
 	local.addClient([]PeerConfig{good, wrongName, systemRoots}, nil)
 	local.run()
 	local.connected("peer-1")
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if local.connects("peer-2", "error") < 2 || local.connects("peer-3", "error") < 2 {
 			return errNotYetTLS
 		}
@@ -805,7 +806,7 @@ func TestBothEndsDialTieBreak(t *testing.T) {
 			a.run()
 			b.run()
 
-			checkFor(t, wait, 2*time.Millisecond, func() error {
+			testutil.CheckFor(t, wait, 2*time.Millisecond, func() error {
 				ac, bc := a.links.Get("b-1").Conn(), b.links.Get("a-1").Conn()
 				switch {
 				case ac == nil || bc == nil:
@@ -820,7 +821,7 @@ func TestBothEndsDialTieBreak(t *testing.T) {
 				return nil
 			})
 			// b-1's dialler waits on a-1's connection and does not dial again.
-			checkFor(t, wait, 2*time.Millisecond, func() error {
+			testutil.CheckFor(t, wait, 2*time.Millisecond, func() error {
 				if s := b.cl.peers[0].State(); s != PeerConnected {
 					return fmt.Errorf("b-1's dialler is %q", s)
 				}

@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 	"go.uber.org/goleak"
 
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -74,7 +75,7 @@ func TestHelloAnsweredAndLinkRenamed(t *testing.T) {
 	if !l.Durable() || l.IsPeer() || l.Acks() || !slices.Equal(l.Tags(), []string{"aws"}) {
 		t.Fatalf("link pi-1: durable=%v peer=%v acks=%v tags=%v", l.Durable(), l.IsPeer(), l.Acks(), l.Tags())
 	}
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if h.links.Get(eph.ID()) != nil {
 			return fmt.Errorf("ephemeral link %s still exists", eph.ID())
 		}
@@ -128,7 +129,7 @@ func TestBadHellos(t *testing.T) {
 			t.Errorf("emitted from %s, want %s", e.From.ID(), eph.ID())
 		}
 		c.Close()
-		checkFor(t, wait, 5*time.Millisecond, func() error {
+		testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 			if n := len(h.links.All()); n != 0 {
 				return fmt.Errorf("%d links left", n)
 			}
@@ -187,7 +188,7 @@ func TestDefaultTagsAndEphemeralLink(t *testing.T) {
 		t.Fatalf("emitted from %s with tags %v", e.From.ID(), e.From.Tags())
 	}
 	c.Close()
-	checkFor(t, wait, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 5*time.Millisecond, func() error {
 		if h.links.Get(e.From.ID()) != nil {
 			return errors.New("the ephemeral link outlived its connection")
 		}
@@ -275,7 +276,7 @@ func TestSilentClientClosedAfterHeartbeatTimeout(t *testing.T) {
 	if d := time.Since(start); d < timeout/2 {
 		t.Errorf("closed after %s, before the timeout of %s", d, timeout)
 	}
-	checkFor(t, wait, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, wait, 10*time.Millisecond, func() error {
 		if !h.links.Get("live").Connected() {
 			t.Fatal("a client that answers pings was closed")
 		}

@@ -18,6 +18,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/client"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // A peer that is down collects a backlog in the outbox of its link, on
@@ -439,7 +440,7 @@ func runPeerDownBacklog(t *testing.T, n, every int, budget time.Duration, window
 	sub.Close()
 	<-subDone
 	if res.delivered == res.published {
-		checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		testutil.CheckFor(t, 30*time.Second, 20*time.Millisecond, func() error {
 			if left, err := ina.Store().CountOutbox(bID); err != nil || left != 0 {
 				return fmt.Errorf("A's outbox for %s still holds %d deliveries (%v)", bID, left, err)
 			}

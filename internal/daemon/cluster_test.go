@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/slipstream-sync/slipstream/internal/testredis"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // Issue 7's cluster groups: two instances of one cluster group share a
@@ -64,7 +65,7 @@ func receivedBy(cs ...*meshClient) map[string]int {
 // waitReceived waits until the receiver's connections got every id.
 func waitReceived(t *testing.T, ids []string, cs ...*meshClient) {
 	t.Helper()
-	checkFor(t, 15*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 15*time.Second, 10*time.Millisecond, func() error {
 		got := receivedBy(cs...)
 		for _, id := range ids {
 			if got[id] == 0 {

@@ -197,7 +197,7 @@ func TestCrashSIGKILLLosesNothingAcked(t *testing.T) {
 			pub.mu.Lock()
 			target := len(pub.acked) + total/5
 			pub.mu.Unlock()
-			checkFor(t, 30*time.Second, time.Millisecond, func() error {
+			testutil.CheckFor(t, 30*time.Second, time.Millisecond, func() error {
 				pub.mu.Lock()
 				defer pub.mu.Unlock()
 				if len(pub.acked) < target {
@@ -216,7 +216,7 @@ func TestCrashSIGKILLLosesNothingAcked(t *testing.T) {
 				t.Logf("last instance's logs:\n%s", proc.logs.String())
 			}
 		})
-		checkFor(t, 60*time.Second, 10*time.Millisecond, func() error {
+		testutil.CheckFor(t, 60*time.Second, 10*time.Millisecond, func() error {
 			pub.mu.Lock()
 			acked := len(pub.acked)
 			pub.mu.Unlock()

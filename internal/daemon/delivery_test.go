@@ -11,6 +11,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -209,7 +210,7 @@ func TestDurableDeliveryAcrossReconnectAndRestart(t *testing.T) {
 		sub.ack(m)
 		next++
 	}
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		n, err := in2.Store().CountOutbox("durable-sub")
 		if err != nil {
 			return err

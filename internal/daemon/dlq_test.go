@@ -13,6 +13,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 const adminToken = "s3cret-token"
@@ -115,7 +116,7 @@ func TestDLQListReplayPurge(t *testing.T) {
 	}
 
 	var dl dlqList
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		if dl = listDLQ(t, base, "?link=sub-1"); len(dl.DeadLetters) != 3 {
 			return fmt.Errorf("%d dead letters, want 3", len(dl.DeadLetters))
 		}
@@ -159,7 +160,7 @@ func TestDLQListReplayPurge(t *testing.T) {
 		t.Fatalf("after replay got %s, want d2", slipstream.Encode(m))
 	}
 	sub.ack(m)
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		if n, _ := in.Store().CountOutbox("sub-1"); n != 0 {
 			return fmt.Errorf("%d entries in the outbox after the ACK", n)
 		}

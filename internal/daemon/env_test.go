@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/slipstream-sync/slipstream/internal/envconfig"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // Three instances configured only by the original deployment's environment
@@ -62,7 +63,7 @@ func TestEnvConfigTriangle(t *testing.T) {
 	}
 	for i, a := range names {
 		for _, b := range names[i+1:] {
-			checkFor(t, 15*time.Second, 5*time.Millisecond, func() error {
+			testutil.CheckFor(t, 15*time.Second, 5*time.Millisecond, func() error {
 				la, lb := ins[a].Links().Get(id(b)), ins[b].Links().Get(id(a))
 				if la == nil || lb == nil || !la.Connected() || !lb.Connected() || !la.IsPeer() || !lb.IsPeer() {
 					return fmt.Errorf("%s and %s are not linked", a, b)

@@ -131,7 +131,7 @@ func viaProxy(target *faultInstance, p *faultProxy) faultPeer {
 // faultLinked waits until the peer link between a and b is up at both ends.
 func faultLinked(t *testing.T, a, b *faultInstance) {
 	t.Helper()
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		la, lb := a.Links().Get(b.id), b.Links().Get(a.id)
 		if la == nil || lb == nil || !la.Connected() || !lb.Connected() || !la.IsPeer() || !lb.IsPeer() {
 			return fmt.Errorf("%s and %s are not linked", a.id, b.id)
@@ -266,7 +266,7 @@ func (c *faultClient) publishPaced(t *testing.T, from, to int, gap time.Duration
 // waitAcked waits until the instance ACKed every id (it is stored there).
 func (c *faultClient) waitAcked(t *testing.T, ids []string) {
 	t.Helper()
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for _, id := range ids {
@@ -288,7 +288,7 @@ func (c *faultClient) received() []string {
 // waitGot waits until every id arrived at least once.
 func (c *faultClient) waitGot(t *testing.T, ids []string, timeout time.Duration) {
 	t.Helper()
-	checkFor(t, timeout, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, timeout, 5*time.Millisecond, func() error {
 		have := map[string]bool{}
 		for _, id := range c.received() {
 			have[id] = true
@@ -316,7 +316,7 @@ func (c *faultClient) expectExactlyInOrder(t *testing.T, want []string, timeout 
 	// dialling instance that B's dedup let through would arrive about as
 	// fast as the original).
 	settle := time.Now().Add(300 * time.Millisecond)
-	checkFor(t, time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, time.Second, 20*time.Millisecond, func() error {
 		if time.Now().Before(settle) {
 			return errNotYet
 		}
@@ -418,7 +418,7 @@ func TestFaultCut(t *testing.T) {
 	during := pub.publish(t, 100, 200)
 	pub.waitAcked(t, append(slices.Clone(before), during...))
 	// A keeps redialling and the proxy keeps refusing.
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		if _, refused, _ := p.Stats(); refused < 3 {
 			return fmt.Errorf("%d dials refused", refused)
 		}
@@ -476,7 +476,7 @@ func TestFaultStall(t *testing.T) {
 	pub.waitAcked(t, during)
 	// Detection: only the heartbeat can tell (the proxy closes nothing).
 	const timeout, margin = 500 * time.Millisecond, 2 * time.Second
-	checkFor(t, timeout+margin, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, timeout+margin, 5*time.Millisecond, func() error {
 		if timeouts() <= to0 {
 			return fmt.Errorf("no heartbeat timeout after %s", time.Since(stalledAt).Round(time.Millisecond))
 		}
@@ -484,7 +484,7 @@ func TestFaultStall(t *testing.T) {
 	})
 	detected := time.Since(stalledAt)
 	// A redials: its new connection is accepted by the proxy, and hangs.
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if acc, _, _ := p.Stats(); acc < 2 {
 			return fmt.Errorf("%d connections accepted by the proxy", acc)
 		}
@@ -560,7 +560,7 @@ func TestFaultStalledPeerDoesNotDelayOthers(t *testing.T) {
 
 	// B's link: the heartbeat ends it, A redials, and after the stall B
 	// gets everything, in order, once.
-	checkFor(t, 6*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 6*time.Second, 5*time.Millisecond, func() error {
 		if timeoutsB() <= toB {
 			return errNotYet
 		}
@@ -636,7 +636,7 @@ func TestFaultFlapping(t *testing.T) {
 		k += 100
 		pub.waitAcked(t, all)
 		if r%3 == 1 {
-			checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+			testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 				if timeouts() <= to {
 					return errNotYet
 				}
@@ -678,7 +678,7 @@ func TestFaultStallMutualFailover(t *testing.T) {
 	// (byA) or by B.
 	on := func(byA bool) {
 		t.Helper()
-		checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 			ca, cb := a.Links().Get("mut-b").Conn(), b.Links().Get("mut-a").Conn()
 			if ca == nil || cb == nil || isDialed(ca) != byA || isDialed(cb) != !byA {
 				return fmt.Errorf("the link is not on the connection dialled by %s", map[bool]string{true: "A", false: "B"}[byA])

@@ -212,20 +212,6 @@ func (c *wsClient) ack(m *slipstream.Message) {
 	c.send(slipstream.Encode(&slipstream.Message{Type: slipstream.TypeACK, MessageID: m.MessageID, ClusterGroupID: m.ClusterGroupID}))
 }
 
-// checkFor polls fn until it returns nil or timeout passes.
-func checkFor(t *testing.T, timeout, interval time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = fn(); err == nil {
-			return
-		}
-		time.Sleep(interval)
-	}
-	t.Fatalf("condition not met within %s: %v", timeout, err)
-}
-
 var errNotYet = errors.New("not yet")
 
 func sk(id, key, value string, extra ...string) string {

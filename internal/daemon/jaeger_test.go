@@ -201,7 +201,7 @@ func TestJaegerOneTraceAcrossThreeInstances(t *testing.T) {
 	c.stop()
 
 	var tr *jaegerTrace
-	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+	testutil.CheckFor(t, 30*time.Second, 100*time.Millisecond, func() error {
 		var err error
 		if tr, err = j.getTrace(traceID); err != nil {
 			return err

@@ -15,6 +15,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/sources"
 )
 
@@ -198,7 +199,7 @@ func (m *mesh) stop(id string) {
 // instance whose id sorts lower when both dial.
 func (m *mesh) linked(a, b string) {
 	m.t.Helper()
-	checkFor(m.t, 10*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(m.t, 10*time.Second, 5*time.Millisecond, func() error {
 		la, lb := m.ins[a].Links().Get(b), m.ins[b].Links().Get(a)
 		if la == nil || lb == nil || la.Conn() == nil || lb.Conn() == nil {
 			return fmt.Errorf("%s and %s are not linked", a, b)
@@ -331,7 +332,7 @@ func (c *meshClient) deliveries() (map[string]int, []string) {
 // waitAcked waits until every id was ACKed.
 func (c *meshClient) waitAcked(t *testing.T, ids []string) {
 	t.Helper()
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for _, id := range ids {
@@ -347,7 +348,7 @@ func (c *meshClient) waitAcked(t *testing.T, ids []string) {
 // while that nothing else (and nothing twice) arrives.
 func (c *meshClient) expectExactly(t *testing.T, want []string) {
 	t.Helper()
-	checkFor(t, 15*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 15*time.Second, 5*time.Millisecond, func() error {
 		counts, _ := c.deliveries()
 		missing := 0
 		for _, id := range want {
@@ -535,7 +536,7 @@ func TestMeshPeerDownBacklog(t *testing.T) {
 	sub.close()
 	m.stop("down-c")
 	cl := m.ins["down-b"].Source("websocket_client.peers").(*sources.Client)
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		if s := cl.PeerState("down-c"); s == sources.PeerConnected {
 			return fmt.Errorf("down-b still sees down-c as %q", s)
 		}
@@ -551,7 +552,7 @@ func TestMeshPeerDownBacklog(t *testing.T) {
 		}
 	}
 	pub.waitAcked(t, backlog)
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		n, err := m.ins["down-b"].Store().CountOutbox("down-c")
 		if err != nil || n < k {
 			return fmt.Errorf("down-b holds %d deliveries for down-c (%v)", n, err)

@@ -49,7 +49,7 @@ func holdPort(t *testing.T, port int) (release func()) {
 		err error
 	)
 	// The killed process's socket is gone once Wait returned; bind again.
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		return err
 	})
@@ -80,7 +80,7 @@ type meshCrashSub = crashSubscriber
 func (s *meshCrashSub) connect(t *testing.T, url string, round int) (stop func()) {
 	t.Helper()
 	var conn *websocket.Conn
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		var err error
 		conn, _, err = websocket.DefaultDialer.Dial(url+"?id=crash-sub", nil)
 		return err
@@ -111,7 +111,7 @@ func (p *crashPublisher) ackedCount() int {
 // waitCount waits until count() reaches target.
 func waitCount(t *testing.T, what string, timeout time.Duration, target int, count func() int) {
 	t.Helper()
-	checkFor(t, timeout, 2*time.Millisecond, func() error {
+	testutil.CheckFor(t, timeout, 2*time.Millisecond, func() error {
 		if n := count(); n < target {
 			return fmt.Errorf("%s: %d, want %d", what, n, target)
 		}
@@ -189,7 +189,7 @@ func TestMeshCrashKillReceiver(t *testing.T) {
 		if round == 0 {
 			a = startFaultInstanceHCL(t, "mc-a", meshCrashHCL("mc-a", t.TempDir(), "127.0.0.1:0",
 				faultPeer{id: "mc-b", url: urlB}))
-			checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+			testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 				if !a.Links().Get("mc-b").Connected() {
 					return errors.New("mc-a is not linked to mc-b")
 				}
@@ -213,7 +213,7 @@ func TestMeshCrashKillReceiver(t *testing.T) {
 		release = holdPort(t, portB)
 		ackedAtKill := pub.ackedCount()
 		// A notices, and keeps storing the stream for B meanwhile.
-		checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 			if a.Links().Get("mc-b").Connected() {
 				return errors.New("mc-a still has mc-b's link up")
 			}
@@ -265,7 +265,7 @@ func TestMeshCrashKillSender(t *testing.T) {
 	urlA := fmt.Sprintf("ws://127.0.0.1:%d/ws", portA)
 	linked := func(up bool) {
 		t.Helper()
-		checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 			if l := b.Links().Get("mc-a"); (l != nil && l.Connected()) != up {
 				return fmt.Errorf("mc-b's link to mc-a is not up=%v", up)
 			}

@@ -22,6 +22,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/slipstream-sync/slipstream/internal/daemon"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // The metric catalogue of docs/operations.md is checked against live
@@ -96,7 +97,7 @@ func websocketDial(url string) (*websocket.Conn, *http.Response, error) {
 // peerUp waits until in's link to peer is connected.
 func peerUp(t *testing.T, in *testInstance, peer string) {
 	t.Helper()
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		if l := in.Links().Get(peer); l == nil || !l.Connected() {
 			return fmt.Errorf("%s is not linked to %s", in.AdminAddr(), peer)
 		}
@@ -408,7 +409,7 @@ func TestMetricsCatalogueOnLiveInstances(t *testing.T) {
 	}
 	var texts map[*testInstance][]byte
 	var fams map[*testInstance]map[string]*family
-	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+	testutil.CheckFor(t, 20*time.Second, 50*time.Millisecond, func() error {
 		texts = map[*testInstance][]byte{a: scrape(t, a), b: scrape(t, b)}
 		fams = map[*testInstance]map[string]*family{a: parseExposition(t, texts[a]), b: parseExposition(t, texts[b])}
 		for _, w := range wants {

@@ -62,7 +62,7 @@ func TestAdminHealthMetricsAndMessageLog(t *testing.T) {
 
 	// Counters are updated as envelopes leave each stage, which may be just
 	// after the ACK went out: poll.
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		_, metrics := get(t, admin+"/metrics")
 		for _, want := range []string{
 			// The SK and the subscriber's ACK frame (every envelope counts).
@@ -78,7 +78,7 @@ func TestAdminHealthMetricsAndMessageLog(t *testing.T) {
 		}
 		return nil
 	})
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		l := logs.String()
 		for _, want := range []string{`"msg":"message"`, `"messageId":"obs-1"`, `"outcome":"duplicate"`, `"outcome":"rejected"`, `"outcome":"accepted"`} {
 			if !strings.Contains(l, want) {

@@ -75,7 +75,7 @@ func startProcess(t *testing.T, hcl string, port int) *process {
 			<-p.errc
 		}
 	})
-	checkFor(t, 15*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
 			c.Close()

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // faultProxy is a TCP proxy on 127.0.0.1 that the fault tests put between
@@ -444,7 +446,7 @@ func TestProxyForwardsCutsAndHeals(t *testing.T) {
 			t.Fatalf("a connection while cut: %v, want it closed", err)
 		}
 	}
-	checkFor(t, 2*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
 		if _, refused, open := p.Stats(); refused < 1 || open != 0 {
 			return errors.New("connections still open or none refused")
 		}
@@ -533,7 +535,7 @@ func TestProxyClose(t *testing.T) {
 	}
 	p.Stall() // a stalled connection must not hold Close up
 	proxyDial(t, p.Addr())
-	checkFor(t, 2*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 2*time.Second, 5*time.Millisecond, func() error {
 		if acc, _, _ := p.Stats(); acc < 2 {
 			return errors.New("second connection not accepted yet")
 		}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // readyz fetches /readyz and returns its status code and the failing
@@ -40,7 +42,7 @@ func readyz(t *testing.T, in *testInstance) (int, map[string]string) {
 // failing (want false).
 func waitReady(t *testing.T, in *testInstance, want bool, check string) {
 	t.Helper()
-	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		code, failed := readyz(t, in)
 		if want && code != 200 {
 			return fmt.Errorf("not ready: %v", failed)

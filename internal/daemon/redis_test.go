@@ -22,6 +22,7 @@ import (
 	"github.com/slipstream-sync/slipstream/internal/daemon"
 	"github.com/slipstream-sync/slipstream/internal/store"
 	"github.com/slipstream-sync/slipstream/internal/testredis"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -230,7 +231,7 @@ func TestRedisSinkTriangleMirrorsIdentically(t *testing.T) {
 		}
 		return es
 	}
-	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+	testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		a := states("aws-1")
 		for _, id := range ids[1:] {
 			if b := states(id); !reflect.DeepEqual(a, b) {
@@ -242,7 +243,7 @@ func TestRedisSinkTriangleMirrorsIdentically(t *testing.T) {
 	want := stateInRedis(t, states("aws-1"))
 	ctx := context.Background()
 	var dumps map[string]map[string]string
-	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+	testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		dumps = map[string]map[string]string{}
 		for _, id := range ids {
 			d, err := redisDump(ctx, redises[id].Client())

@@ -18,6 +18,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // Issue 4's promises across a real triangle: state converges whatever the
@@ -141,7 +142,7 @@ func TestMeshStateConverges(t *testing.T) {
 		}
 		return es
 	}
-	checkFor(t, 30*time.Second, 50*time.Millisecond, func() error {
+	testutil.CheckFor(t, 30*time.Second, 50*time.Millisecond, func() error {
 		a := dump("aws-1")
 		for _, id := range ids[1:] {
 			if b := dump(id); !reflect.DeepEqual(a, b) {
@@ -186,7 +187,7 @@ func TestMeshGetsAcrossTheMesh(t *testing.T) {
 		}
 	}
 	writer.waitAcked(t, ids)
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		for _, id := range []string{"aws-1", "azure-1", "gcp-1"} {
 			if r, _ := m.ins[id].Store().State("list"); r == nil {
 				return fmt.Errorf("%s has no list yet", id)

@@ -16,6 +16,7 @@ import (
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/daemon"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
@@ -92,7 +93,7 @@ func publishRound(t *testing.T, pub *wsClient, round, n int, value func(i int) s
 // waitDrained waits until every outbox entry is gone from the store.
 func waitDrained(t *testing.T, st *store.Store, what string) {
 	t.Helper()
-	checkFor(t, 60*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 60*time.Second, 20*time.Millisecond, func() error {
 		if n := countKeys(t, st, "o/"); n != 0 {
 			return fmt.Errorf("%s: %d outbox keys (o/) left", what, n)
 		}

@@ -17,6 +17,7 @@ import (
 
 	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/store"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 )
 
 // Access controls of websocket_server against real instances and real
@@ -252,7 +253,7 @@ func TestListenerRateLimitFlood(t *testing.T) {
 	if metricValue(t, in, "slipstream_rate_limited_total") == 0 {
 		t.Error("slipstream_rate_limited_total stayed 0")
 	}
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if metricValue(t, in, "slipstream_rate_limit_closes_total") != 1 {
 			return errors.New("slipstream_rate_limit_closes_total is not 1")
 		}
@@ -274,7 +275,7 @@ func TestListenerConnectionLimitsOriginAndIdle(t *testing.T) {
 		t.Fatalf("a third connection from 127.0.0.1: status %d, want 429", got)
 	}
 	a.close()
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		if got := dialStatus(t, in.url, nil); got != 0 {
 			return fmt.Errorf("status %d", got)
 		}

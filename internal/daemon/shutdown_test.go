@@ -85,7 +85,7 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 		defer wg.Done()
 		acked, perr = publishLoop(in.url, 200000, stop)
 	}()
-	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
 		if n, _ := in.Store().CountOutbox("sub"); n < 200 {
 			return fmt.Errorf("only %d stored", n)
 		}
@@ -151,7 +151,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	url := fmt.Sprintf("ws://127.0.0.1:%d/ws", port)
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
 			c.Close()

@@ -36,7 +36,7 @@ func TestStatus(t *testing.T) {
 	pub.next()
 
 	var st daemon.Status
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		code, body := adminDo(t, in, "GET", "/v1/status", "", "")
 		if code != 200 {
 			return fmt.Errorf("/v1/status = %d %s", code, body)
@@ -76,7 +76,7 @@ func TestStatus(t *testing.T) {
 	}
 
 	sub.ack(d)
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		for _, l := range in.Status().Links {
 			if l.ID == "sub" && l.Pending != 0 {
 				return fmt.Errorf("sub still has %d pending after its ACK", l.Pending)
@@ -85,7 +85,7 @@ func TestStatus(t *testing.T) {
 		return nil
 	})
 	sub.close()
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		for _, l := range in.Status().Links {
 			if l.ID == "sub" && l.State != "down" {
 				return fmt.Errorf("sub is %s after it closed", l.State)
@@ -121,7 +121,7 @@ func TestLogLevel(t *testing.T) {
 	c.close()
 	// Its disconnection is handled (and would be logged) before the level
 	// changes: otherwise a late line about it is logged at debug.
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if l := in.Links().Get("quiet"); l == nil || l.Connected() {
 			return errors.New("quiet is still connected")
 		}
@@ -136,7 +136,7 @@ func TestLogLevel(t *testing.T) {
 	}
 	c = hello(t, in.url, "loud")
 	c.close()
-	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		if !strings.Contains(logs.String(), `"link":"loud"`) {
 			return fmt.Errorf("no line about the client after the level changed:\n%s", logs.String())
 		}
@@ -152,7 +152,7 @@ func TestStatusPeerLastError(t *testing.T) {
 	m := newMesh(t, map[string][]string{"a-1": {"a"}, "b-1": {"b"}}, "a-1>b-1")
 	m.linked("a-1", "b-1")
 	m.stop("b-1")
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		for _, l := range m.ins["a-1"].Status().Links {
 			if l.ID == "b-1" {
 				if l.State != "down" || l.LastError == "" {

@@ -138,7 +138,7 @@ func TestTLSMeshMutual(t *testing.T) {
 		p.peerBlock("tls-b", wssURL(b), "tls-a")+p.peerBlock("tls-c", wssURL(c), "tls-a")))
 	ins := map[string]*testInstance{"tls-a": a, "tls-b": b, "tls-c": c}
 	for _, pair := range [][2]string{{"tls-a", "tls-b"}, {"tls-a", "tls-c"}, {"tls-c", "tls-b"}} {
-		checkFor(t, 15*time.Second, 10*time.Millisecond, func() error {
+		testutil.CheckFor(t, 15*time.Second, 10*time.Millisecond, func() error {
 			for i, id := range pair {
 				l := ins[id].Links().Get(pair[1-i])
 				if l == nil || !l.Connected() {
@@ -153,7 +153,7 @@ func TestTLSMeshMutual(t *testing.T) {
 	for name, in := range map[string]*testInstance{"app-a": a, "app-b": b, "app-c": c} {
 		_, _, pair := p.node(name)
 		clients[name] = dialTLS(t, wssURL(in), p.clientTLS(pair))
-		checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 			if l := in.Links().Get(name); l == nil || !l.Connected() || !l.Durable() {
 				return fmt.Errorf("link %s of its certificate is not attached and durable", name)
 			}
@@ -225,7 +225,7 @@ func TestTLSRefusals(t *testing.T) {
 	if st := ok.conn.UnderlyingConn().(*tls.Conn).ConnectionState(); st.Version != tls.VersionTLS13 {
 		t.Errorf("negotiated TLS version %x, want 1.3", st.Version)
 	}
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if l := in.Links().Get("app-good"); l == nil || !l.Connected() {
 			return errNotYet
 		}
@@ -278,7 +278,7 @@ func TestTLSCertificateIdentity(t *testing.T) {
 	if m := honest.next(); m.Type != slipstream.TypeHELLO {
 		t.Fatalf("answer to a HELLO with the certificate's id: %s", slipstream.Encode(m))
 	}
-	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+	testutil.CheckFor(t, 5*time.Second, 5*time.Millisecond, func() error {
 		if l := in.Links().Get("pi-1"); l == nil || !l.Connected() || !l.Durable() {
 			return errNotYet
 		}
@@ -338,7 +338,7 @@ func TestTLSRotation(t *testing.T) {
 		certFile, keyFile, p.caFile), ""), opts)
 	a := startInstance(t, tlsHCL("tls-a", t.TempDir(), p.serverTLS("tls-a", ""), p.peerBlock("tls-b", wssURL(b), "tls-a")))
 	var onB, onA any
-	checkFor(t, 15*time.Second, 10*time.Millisecond, func() error {
+	testutil.CheckFor(t, 15*time.Second, 10*time.Millisecond, func() error {
 		lb, la := b.Links().Get("tls-a"), a.Links().Get("tls-b")
 		if lb == nil || la == nil || !lb.Connected() || !la.Connected() {
 			return errNotYet
@@ -355,7 +355,7 @@ func TestTLSRotation(t *testing.T) {
 	second := p.ca.Issue(testcerts.Leaf{CommonName: "tls-b", DNS: []string{"tls-b.test"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
 	second.Write(t, p.dir, "tls-b")
 	want := second.Cert.SerialNumber.String()
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if s, err := servedSerial(b, cfg); err != nil || s != want {
 			return fmt.Errorf("served %s (%v), want the rotated %s", s, err, want)
 		}
@@ -437,7 +437,7 @@ func TestTLSSighup(t *testing.T) {
 	if err := proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if s, err := served(); err != nil || s != second.Cert.SerialNumber.String() {
 			return fmt.Errorf("served %s (%v) after SIGHUP", s, err)
 		}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"go.uber.org/goleak"
 )
 
@@ -18,22 +19,6 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("github.com/dgraph-io/ristretto/v2.(*defaultPolicy[...]).processItems"),
 		goleak.IgnoreAnyFunction("go.opencensus.io/stats/view.(*worker).start"),
 	)
-}
-
-// checkFor polls fn until it returns nil, failing after timeout.
-func checkFor(t *testing.T, timeout time.Duration, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("still failing after %s: %v", timeout, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // gcStore opens a store with small value-log files and memtables, so that a
@@ -84,7 +69,7 @@ func TestMaintenanceCountsRunsAndStopsWithClose(t *testing.T) {
 	defer st.Close()
 	st.StartMaintenance(context.Background(), MaintenanceOptions{GCInterval: 10 * time.Millisecond})
 	st.StartMaintenance(context.Background(), MaintenanceOptions{}) // a second call does nothing
-	checkFor(t, 5*time.Second, func() error {
+	testutil.CheckFor(t, 5*time.Second, 10*time.Millisecond, func() error {
 		if n := gcRuns(t, st, "nothing"); n < 3 {
 			return fmt.Errorf("%v runs that found nothing, want 3", n)
 		}
@@ -125,7 +110,7 @@ func TestMaintenanceCollectsValueLogGarbage(t *testing.T) {
 		t.Errorf("slipstream_store_bytes{part=vlog} = %v, Size() = %d", got, before)
 	}
 	st.StartMaintenance(context.Background(), MaintenanceOptions{GCInterval: 10 * time.Millisecond})
-	checkFor(t, 30*time.Second, func() error {
+	testutil.CheckFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		if gcRuns(t, st, "rewrote") == 0 || gcRuns(t, st, "nothing") == 0 {
 			return fmt.Errorf("rewrote %v times, found nothing %v times", gcRuns(t, st, "rewrote"), gcRuns(t, st, "nothing"))
 		}

@@ -1,5 +1,6 @@
 // Package testutil holds small helpers that tests in several packages share:
-// a buffer safe for concurrent writers and free loopback ports.
+// a buffer safe for concurrent writers, free loopback ports and polling
+// until a condition holds.
 package testutil
 
 import (
@@ -8,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 )
 
 // SyncBuffer is a bytes.Buffer safe for concurrent writers and readers: the
@@ -46,4 +48,21 @@ func FreePort(t testing.TB) int {
 func FreeAddr(t testing.TB) string {
 	t.Helper()
 	return fmt.Sprintf("127.0.0.1:%d", FreePort(t))
+}
+
+// CheckFor calls fn every interval until it returns nil, failing the test
+// with fn's last error once timeout has passed.
+func CheckFor(t testing.TB, timeout, interval time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("still failing after %s: %v", timeout, err)
+		}
+		time.Sleep(interval)
+	}
 }
