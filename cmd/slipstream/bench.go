@@ -384,37 +384,26 @@ func printSummary(w io.Writer, s *benchSummary) {
 		}
 		return strings.Join(parts, " ")
 	}, "delivered_msgs_per_s")
-	for _, q := range []struct {
+	for _, kind := range []struct {
 		name, key string
-		f         func(latency) float64
-	}{
-		{"p50", "p50", func(l latency) float64 { return l.P50 }},
-		{"p90", "", func(l latency) float64 { return l.P90 }},
-		{"p99", "p99", func(l latency) float64 { return l.P99 }},
-		{"p99.9", "", func(l latency) float64 { return l.P999 }},
-		{"max", "", func(l latency) float64 { return l.Max }},
-	} {
-		key := ""
-		if q.key != "" {
-			key = "ack_" + q.key
+		of        func(r *loadResult) latency
+	}{{"publish->ACK", "ack_", ack}, {"publish->delivery", "delivery_", dlv}} {
+		for _, q := range []struct {
+			name, key string
+			f         func(latency) float64
+		}{
+			{"p50", "p50", func(l latency) float64 { return l.P50 }},
+			{"p90", "", func(l latency) float64 { return l.P90 }},
+			{"p99", "p99", func(l latency) float64 { return l.P99 }},
+			{"p99.9", "", func(l latency) float64 { return l.P999 }},
+			{"max", "", func(l latency) float64 { return l.Max }},
+		} {
+			key := ""
+			if q.key != "" {
+				key = kind.key + q.key
+			}
+			row(kind.name+" "+q.name, lat(kind.of, q.f), key)
 		}
-		row("publish->ACK "+q.name, lat(ack, q.f), key)
-	}
-	for _, q := range []struct {
-		name, key string
-		f         func(latency) float64
-	}{
-		{"p50", "p50", func(l latency) float64 { return l.P50 }},
-		{"p90", "", func(l latency) float64 { return l.P90 }},
-		{"p99", "p99", func(l latency) float64 { return l.P99 }},
-		{"p99.9", "", func(l latency) float64 { return l.P999 }},
-		{"max", "", func(l latency) float64 { return l.Max }},
-	} {
-		key := ""
-		if q.key != "" {
-			key = "delivery_" + q.key
-		}
-		row("publish->delivery "+q.name, lat(dlv, q.f), key)
 	}
 	for i := range s.Result.Instances {
 		in := func(r *loadResult) *instanceResult {

@@ -1,9 +1,7 @@
 package daemon_test
 
 import (
-	"context"
 	"fmt"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -17,7 +15,6 @@ import (
 	"github.com/slipstream-sync/slipstream/internal/daemon"
 	"github.com/slipstream-sync/slipstream/internal/store"
 	"github.com/slipstream-sync/slipstream/internal/testutil"
-	"github.com/slipstream-sync/slipstream/pipeline"
 )
 
 // countKeys counts the store's keys that start with prefix.
@@ -133,33 +130,6 @@ func TestRetentionCompletedDeliveriesAreDeleted(t *testing.T) {
 	}
 }
 
-// startWith is startInstance with daemon options (a short GC interval).
-func startWith(t *testing.T, hcl string, o daemon.Options) (*daemon.Instance, string, func()) {
-	t.Helper()
-	cfg, diags := pipeline.Load("soak.hcl", []byte(hcl))
-	if diags.HasErrors() {
-		t.Fatalf("config: %s", pipeline.FormatDiagnostics(diags))
-	}
-	in, err := daemon.New(cfg, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := in.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- in.Run(ctx, context.Background()) }()
-	addr := in.Source("websocket_server.ingress").(interface{ Addr() net.Addr }).Addr().String()
-	stop := func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("instance run: %v", err)
-		}
-	}
-	return in, "ws://" + addr + "/ws", stop
-}
-
 // TestSoakStoreSize publishes rounds of messages to an acknowledging
 // subscriber under a steady load and logs the store's size (LSM + value
 // log) after each round, to show that it levels off. One message in five
@@ -188,11 +158,11 @@ func TestSoakStoreSize(t *testing.T) {
 		window = v
 	}
 	hcl := strings.Replace(instanceHCL("soak-1", t.TempDir(), ""), `window = "1h"`, fmt.Sprintf("window = %q", window), 1)
-	in, url, stop := startWith(t, hcl, daemon.Options{StoreGCInterval: 5 * time.Second})
-	defer stop()
-	sub := hello(t, url, "sub")
+	in := startInstanceWith(t, hcl, daemon.Options{StoreGCInterval: 5 * time.Second})
+	defer in.stop()
+	sub := hello(t, in.url, "sub")
 	ackAll(sub)
-	pub := hello(t, url, "pub")
+	pub := hello(t, in.url, "pub")
 	big := `"` + strings.Repeat("x", 6<<10) + `"`
 
 	start := time.Now()
