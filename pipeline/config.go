@@ -189,6 +189,7 @@ type instanceConfig struct {
 	ClusterGroup string   `hcl:"cluster_group,optional" doc:"instances of one group share dedup state and serve one environment"`
 	Tags         []string `hcl:"tags,optional" doc:"this instance's tags, announced to peers"`
 	DataDir      string   `hcl:"data_dir,optional" doc:"directory of the Badger store"`
+	MemtableSize int64    `hcl:"memtable_size,optional" doc:"size of each of the store's memtables, in bytes; 0: 8388608 (8 MiB). It sets most of the store's memory (up to three memtables, and table buffers as large) and the largest message it can take: one message with all its outbox entries must fit in 15% of a memtable (with 8 MiB, some 2 800 recipients for 300 bytes, 350 for 3 KiB; from 4 KiB on, values go to the value log and a recipient costs ~120 bytes: some 9 000); a larger message is refused with ERR too_large. Larger also means fewer flushes and compactions (less CPU under load); smaller, less memory and more CPU. 1048576 to 1073741824"`
 }
 
 func (c *instanceConfig) Validate() error {
@@ -199,8 +200,15 @@ func (c *instanceConfig) Validate() error {
 		return &FieldError{Field: "cluster_group", Err: errors.New("must not be empty")}
 	case c.DataDir == "":
 		return &FieldError{Field: "data_dir", Err: errors.New("must not be empty")}
+	case c.MemtableSize != 0 && (c.MemtableSize < 1<<20 || c.MemtableSize > 1<<30):
+		return &FieldError{Field: "memtable_size", Err: fmt.Errorf("must be 0 (the default, 8388608) or between 1048576 (1 MiB) and 1073741824 (1 GiB), got %d", c.MemtableSize)}
 	}
 	return nil
+}
+
+// instance resolves the block into an Instance.
+func (c *instanceConfig) instance() Instance {
+	return Instance{ID: c.ID, ClusterGroup: c.ClusterGroup, Tags: c.Tags, DataDir: c.DataDir, MemtableSize: c.MemtableSize}
 }
 
 func oneOf(field, v string, allowed []string) error {
@@ -396,7 +404,7 @@ func (l *loader) errorAt(rng hcl.Range, summary, detail string) {
 // setDefaults fills the fixed blocks with their defaults.
 func (l *loader) setDefaults() {
 	ic := fixedBlockNamed("instance").NewConfig().(*instanceConfig)
-	l.cfg.Instance = Instance{ID: ic.ID, ClusterGroup: ic.ClusterGroup, Tags: ic.Tags, DataDir: ic.DataDir}
+	l.cfg.Instance = ic.instance()
 	l.cfg.Admin = *fixedBlockNamed("admin").NewConfig().(*AdminConfig)
 	l.cfg.Log = *fixedBlockNamed("log").NewConfig().(*LogConfig)
 	l.cfg.Tracing = *fixedBlockNamed("tracing").NewConfig().(*TracingConfig)
@@ -450,7 +458,7 @@ func (l *loader) load(body hcl.Body, filename string) {
 		case "instance":
 			ic := fb.NewConfig().(*instanceConfig)
 			l.dec.decodeTop(b.Body, ic, "instance block", b.DefRange)
-			l.cfg.Instance = Instance{ID: ic.ID, ClusterGroup: ic.ClusterGroup, Tags: ic.Tags, DataDir: ic.DataDir}
+			l.cfg.Instance = ic.instance()
 		case "admin":
 			l.dec.decodeTop(b.Body, &l.cfg.Admin, "admin block", b.DefRange)
 		case "log":

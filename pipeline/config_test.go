@@ -722,6 +722,12 @@ var brokenCases = []brokenCase{
 		line:    2, col: 8,
 	},
 	{
+		name:    "memtable too small",
+		hcl:     "instance {\n  memtable_size = 65536\n}\n" + minimal,
+		wantErr: `Invalid value for "memtable_size"; must be 0 (the default, 8388608) or between 1048576 (1 MiB) and 1073741824 (1 GiB), got 65536`,
+		line:    2, col: 19,
+	},
+	{
 		name:    "admin listen",
 		hcl:     "admin {\n  listen = \"9090\"\n}\n" + minimal,
 		wantErr: `Invalid value for "listen"; must be host:port, got "9090"`,

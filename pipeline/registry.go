@@ -65,6 +65,7 @@ type Instance struct {
 	ClusterGroup string
 	Tags         []string
 	DataDir      string
+	MemtableSize int64 // bytes; 0: the store's default
 }
 
 // BuildContext is what a kind's Build gets: the instance it belongs to and

@@ -9,6 +9,7 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 
+	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/link"
 	"github.com/slipstream-sync/slipstream/internal/store"
 	"github.com/slipstream-sync/slipstream/pipeline"
@@ -89,6 +90,7 @@ func (p *Persist) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*p
 	}
 	clear(p.seen)
 	maxCount, maxSize := p.db.MaxBatchCount()*9/10, p.db.MaxBatchSize()*9/10
+	threshold := p.db.Opts().ValueThreshold
 	txn := p.db.NewTransaction(true)
 	defer func() { txn.Discard() }()
 	var pending, done []*pipeline.Envelope // in txn, not yet committed; committed
@@ -140,8 +142,18 @@ func (p *Persist) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*p
 			}
 		}
 		e.Encoded = p.encode(e)
-		n := int64(len(e.Recipients)) + 2
-		sz := n * int64(len(e.Encoded)+len(marker)+64)
+		n, sz := txnCost(e, len(marker), threshold)
+		if n > maxCount || sz > maxSize {
+			// Alone it is more than one transaction takes: it can never
+			// be stored whole, so none of it is.
+			delete(p.seen, string(marker))
+			e.Encoded = nil
+			reject(e, &slipstream.Error{Code: slipstream.CodeTooLarge, Text: fmt.Sprintf(
+				"message too large to store for its %d recipients: about %d bytes in one store transaction, which takes at most %d "+
+					"(15%% of the store's memtable; raise instance.memtable_size, or reach fewer links with targetedTags)",
+				len(e.Recipients), sz, maxSize)})
+			continue
+		}
 		if count > 0 && (count+n > maxCount || size+sz > maxSize) {
 			if err := commit(); err != nil {
 				return fail(err)
@@ -181,6 +193,20 @@ func (p *Persist) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*p
 		p.claims.afterCommit(ctx, done)
 	}
 	return batch, nil
+}
+
+// txnCost estimates, from above, what e costs a Badger transaction: its
+// entries (one per recipient, its dedup marker, a state record) and their
+// size as Badger counts it (key, value or, for a value at or over the
+// value-log threshold, a 12-byte pointer, and a few bytes of overhead); the
+// 64 bytes per entry cover an outbox key and Badger's overhead.
+func txnCost(e *pipeline.Envelope, markerLen int, threshold int64) (n, size int64) {
+	n = int64(len(e.Recipients)) + 2
+	value := int64(len(e.Encoded))
+	if value >= threshold {
+		value = 12
+	}
+	return n, n * (value + int64(markerLen) + 64)
 }
 
 // encode renders the message as forwarded (see forwardFrame).

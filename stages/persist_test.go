@@ -428,3 +428,52 @@ func TestPersistDuplicateAcrossBatches(t *testing.T) {
 		t.Errorf("outbox has %d entries, want 1", len(got))
 	}
 }
+
+// A message whose outbox entries for all its recipients cannot fit in one
+// store transaction is refused with ERR too_large (it could never be
+// stored: accepting none of it is the only whole outcome), and the other
+// messages of its batch are stored as usual. It used to fail its whole
+// batch, again at every retransmission.
+func TestPersistRefusesMessageTooLargeForOneTransaction(t *testing.T) {
+	h, st := persistHarness(t, true)
+	many := make([]string, 3000)
+	for i := range many {
+		many[i] = fmt.Sprintf("sub-%04d", i)
+		h.ensure(link.Spec{ID: many[i], Durable: true})
+	}
+	from := client("pi-1")
+	big := decoded(t, from, `{"type":"SK","messageId":"big","key":"k","value":"`+strings.Repeat("v", 2000)+`"}`)
+	big.Recipients = many
+	small := routed(t, `{"type":"SK","messageId":"small","key":"k2","value":1}`, "aws-1", "pi-1")
+	before := routed(t, `{"type":"SK","messageId":"before","key":"k3","value":1}`, "aws-1")
+
+	out := process(t, st, before, big, small)
+
+	if big.Status != pipeline.Rejected {
+		t.Fatalf("the oversized message: status %v, want rejected", big.Status)
+	}
+	if len(from.replies) != 1 || from.replies[0].Code != slipstream.CodeTooLarge || from.replies[0].MessageID != "big" ||
+		!strings.Contains(from.replies[0].Error, "memtable_size") {
+		t.Fatalf("replies to the sender: %+v; want one ERR too_large for big naming memtable_size", from.replies)
+	}
+	if found, _ := h.marker(big.Msg.ClusterGroupID, "big"); found {
+		t.Error("the refused message has a dedup marker: its retransmission would be ACKed as a duplicate")
+	}
+	if n := len(h.keys("o/sub-")); n != 0 {
+		t.Errorf("%d outbox entries of the refused message were written", n)
+	}
+	for _, e := range []*pipeline.Envelope{before, small} {
+		if e.Status != pipeline.Accepted {
+			t.Errorf("%s: status %v, want accepted", e.Msg.MessageID, e.Status)
+		}
+		if found, _ := h.marker(e.Msg.ClusterGroupID, e.Msg.MessageID); !found {
+			t.Errorf("%s: no dedup marker", e.Msg.MessageID)
+		}
+	}
+	if got := len(h.outbox("aws-1")); got != 2 {
+		t.Errorf("aws-1's outbox has %d entries, want 2", got)
+	}
+	if len(out) != 3 {
+		t.Errorf("persist passed on %d envelopes, want 3", len(out))
+	}
+}

@@ -106,7 +106,7 @@ func New(cfg *pipeline.Config, o Options) (in *Instance, err error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data_dir: %w", err)
 	}
-	in.store, err = store.Open(filepath.Clean(dir), store.Options{Logger: in.log.With("part", "store")})
+	in.store, err = store.Open(filepath.Clean(dir), store.Options{MemTableSize: cfg.Instance.MemtableSize, Logger: in.log.With("part", "store")})
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,6 +67,39 @@ func TestTwoClientsExactlyOnce(t *testing.T) {
 	b.expectNone(500 * time.Millisecond)
 	// A never receives its own message.
 	a.expectNone(100 * time.Millisecond)
+}
+
+// instance.memtable_size reaches the store, and bounds the largest message:
+// one whose outbox entries for all its recipients do not fit in one store
+// transaction is refused with ERR too_large (nothing stored, nothing
+// delivered), while smaller ones go on as usual.
+func TestMessageTooLargeForOneTransaction(t *testing.T) {
+	hcl := strings.Replace(instanceHCL("local-1", t.TempDir(), ""), `tags     = ["local"]`, "tags     = [\"local\"]\n  memtable_size = 1048576", 1)
+	in := startInstance(t, hcl)
+	if got := in.Store().DB().Opts().MemTableSize; got != 1<<20 {
+		t.Fatalf("the store's memtable size is %d, want 1048576 (instance.memtable_size)", got)
+	}
+	// 1 MiB memtables take transactions of ~150 KiB: fewer than 50 entries
+	// of a 3 KB message.
+	subs := make([]*wsClient, 60)
+	for i := range subs {
+		subs[i] = hello(t, in.url, fmt.Sprintf("sub-%02d", i))
+	}
+	pub := hello(t, in.url, "pub")
+	pub.sendString(sk("big", "k", `"`+strings.Repeat("v", 3000)+`"`))
+	m := pub.next()
+	if m.Type != slipstream.TypeERR || m.Code != slipstream.CodeTooLarge || m.MessageID != "big" || !contains(m.Error, "memtable_size") {
+		t.Fatalf("answer to the big message: %s; want ERR too_large naming memtable_size", slipstream.Encode(m))
+	}
+	pub.sendString(sk("small", "k", `"v"`))
+	if m := pub.next(); m.Type != slipstream.TypeACK || m.MessageID != "small" {
+		t.Fatalf("answer to the small message: %s; want its ACK", slipstream.Encode(m))
+	}
+	for i, c := range subs {
+		if m := c.next(); m.MessageID != "small" {
+			t.Fatalf("sub-%02d got %s first; want small (big was refused)", i, slipstream.Encode(m))
+		}
+	}
 }
 
 // A message with targetedTags reaches only links with a matching tag.
