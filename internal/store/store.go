@@ -46,7 +46,13 @@
 // websocket sink copes: each writer re-reads its outbox from the start every
 // 30 seconds and sends an entry that came back again (receivers deduplicate
 // it). A purged dead letter over the threshold may also come back: purge
-// again.
+// again. A state value over the threshold that was then deleted (SK null)
+// could in principle come back too: its tombstone is a newer record that
+// expires after tombstone_ttl, and if a rewrite copied the old value while
+// both were in the LSM tree and the copy has not met the tombstone in a
+// compaction by the time the expired tombstone is dropped, the old value is
+// visible again. With the default 30-day tombstone_ttl that needs a store
+// that compacts nothing for weeks; it has not been observed.
 package store
 
 import (
