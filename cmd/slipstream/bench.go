@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -195,8 +194,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer pprof.StopCPUProfile()
 	}
 
-	gc := debug.SetGCPercent(100)
-	debug.SetGCPercent(gc)
+	gc := gcPercent()
 	if o.URL == "" { // in-process instances run as `slipstream run` would
 		gc = applyGCDefault(gcPercentEnv)
 	}
