@@ -196,17 +196,26 @@ func (p *Persist) Process(ctx context.Context, batch []*pipeline.Envelope) ([]*p
 }
 
 // txnCost estimates, from above, what e costs a Badger transaction: its
-// entries (one per recipient, its dedup marker, a state record) and their
-// size as Badger counts it (key, value or, for a value at or over the
-// value-log threshold, a 12-byte pointer, and a few bytes of overhead); the
-// 64 bytes per entry cover an outbox key and Badger's overhead.
+// entries (one outbox entry per recipient, its dedup marker, a state record)
+// and their size as Badger counts it: key, value (or, for a value at or over
+// the value-log threshold, a 12-byte pointer) and 12 bytes, plus a margin of
+// 16 bytes per entry. The forwarded frame bounds the state record's value.
 func txnCost(e *pipeline.Envelope, markerLen int, threshold int64) (n, size int64) {
-	n = int64(len(e.Recipients)) + 2
+	const overhead = 12 + 16
 	value := int64(len(e.Encoded))
 	if value >= threshold {
 		value = 12
 	}
-	return n, n * (value + int64(markerLen) + 64)
+	for _, id := range e.Recipients {
+		size += int64(len(id)) + 11 + value + overhead // o/<link>\x00<seq>
+	}
+	size += int64(markerLen) + overhead // the marker has no value
+	key := 0
+	if e.Msg != nil {
+		key = len(e.Msg.Key)
+	}
+	size += int64(key) + 2 + value + overhead // s/<key>
+	return int64(len(e.Recipients)) + 2, size
 }
 
 // encode renders the message as forwarded (see forwardFrame).

@@ -477,3 +477,57 @@ func TestPersistRefusesMessageTooLargeForOneTransaction(t *testing.T) {
 		t.Errorf("persist passed on %d envelopes, want 3", len(out))
 	}
 }
+
+// txnCost is an upper bound of what Badger counts: the most recipients it
+// lets a message have still fit in one transaction when written for real,
+// whatever the message's size (under or over the value-log threshold) and
+// the length of the link ids.
+func TestTxnCostBoundsBadger(t *testing.T) {
+	h := newHarness(t)
+	db := h.store.DB()
+	maxCount, maxSize := db.MaxBatchCount()*9/10, db.MaxBatchSize()*9/10
+	threshold := db.Opts().ValueThreshold
+	for _, size := range []int{100, 3000, int(threshold), 20000} {
+		for _, idLen := range []int{4, 200} {
+			e := &pipeline.Envelope{Msg: &slipstream.Message{Key: strings.Repeat("k", 100)}, Encoded: bytes.Repeat([]byte("v"), size)}
+			marker := store.DedupKey("cluster", "01jf8zq4x5v3c9k2m7n6p8r0st")
+			ids := make([]string, 20000)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("%0*d", idLen, i)
+			}
+			fits := func(r int) bool {
+				e.Recipients = ids[:r]
+				n, sz := txnCost(e, len(marker), threshold)
+				return n <= maxCount && sz <= maxSize
+			}
+			// The largest r that fits (fits(1) holds, fits(len(ids)) does not).
+			lo, hi := 1, len(ids)
+			if fits(hi) {
+				t.Fatalf("%d recipients fit: raise the test's bound", hi)
+			}
+			for hi-lo > 1 {
+				if mid := (lo + hi) / 2; fits(mid) {
+					lo = mid
+				} else {
+					hi = mid
+				}
+			}
+			r := lo
+			fits(r)
+			txn := db.NewTransaction(true)
+			err := txn.SetEntry(badger.NewEntry(marker, nil).WithTTL(time.Hour))
+			for i, id := range e.Recipients {
+				if err == nil {
+					err = txn.Set(store.OutboxKey(id, uint64(i+1)), e.Encoded)
+				}
+			}
+			if err == nil {
+				err = txn.Set(store.StateKey(e.Msg.Key), e.Encoded)
+			}
+			txn.Discard()
+			if err != nil {
+				t.Errorf("%d-byte message, %d-byte link ids: txnCost lets it have %d recipients, but Badger refuses them: %v", size, idLen, r, err)
+			}
+		}
+	}
+}
