@@ -189,7 +189,7 @@ type instanceConfig struct {
 	ClusterGroup string   `hcl:"cluster_group,optional" doc:"instances of one group share dedup state and serve one environment"`
 	Tags         []string `hcl:"tags,optional" doc:"this instance's tags, announced to peers"`
 	DataDir      string   `hcl:"data_dir,optional" doc:"directory of the Badger store"`
-	MemtableSize int64    `hcl:"memtable_size,optional" doc:"size of each of the store's memtables, in bytes; 0: 8388608 (8 MiB). It sets most of the store's memory (up to three memtables, and table buffers as large) and the largest message it can take: one message with all its outbox entries must fit in 15% of a memtable (with 8 MiB, some 2 800 recipients for 300 bytes, 350 for 3 KiB; from 4 KiB on, values go to the value log and a recipient costs ~120 bytes: some 9 000); a larger message is refused with ERR too_large. Larger also means fewer flushes and compactions (less CPU under load); smaller, less memory and more CPU. 1048576 to 1073741824"`
+	MemtableSize int64    `hcl:"memtable_size,optional" doc:"size of each of the store's memtables, in bytes; 0: 8388608 (8 MiB). It sets most of the store's memory (up to three memtables, and table buffers as large) and the largest message it can take: one message with all its outbox entries must fit in 15% of a memtable (with 8 MiB and short link ids, some 3 000 recipients for 300 bytes, 350 for 3 KiB; from 4 KiB on, values go to the value log and a recipient costs ~60 bytes: some 11 000); a larger message is refused with ERR too_large. Larger also means fewer flushes and compactions (less CPU under load); smaller, less memory and more CPU. 1048576 to 1073741824"`
 }
 
 func (c *instanceConfig) Validate() error {

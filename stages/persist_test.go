@@ -514,6 +514,7 @@ func TestTxnCostBoundsBadger(t *testing.T) {
 			}
 			r := lo
 			fits(r)
+			t.Logf("%d-byte message, %d-byte link ids: up to %d recipients", size, idLen, r)
 			txn := db.NewTransaction(true)
 			err := txn.SetEntry(badger.NewEntry(marker, nil).WithTTL(time.Hour))
 			for i, id := range e.Recipients {

@@ -119,8 +119,8 @@ const DefaultValueThreshold = 4 << 10
 // compactions, BENCHMARKS.md (c)). It also
 // bounds a transaction to 15% of it (1.2 MiB), and persist writes a
 // message with all its outbox entries in one transaction: a message below
-// DefaultValueThreshold can have about 1.1 MiB / (its size + ~100 bytes)
-// recipients (some 2 800 for 300 bytes, 350 for 3 KiB), and persist refuses
+// DefaultValueThreshold can have about 1.1 MiB / (its size + ~50 bytes)
+// recipients (some 3 000 for 300 bytes, 350 for 3 KiB), and persist refuses
 // a larger one (ERR too_large); it splits batches of messages across
 // transactions, never a message. instance.memtable_size overrides it.
 const DefaultMemTableSize = 8 << 20
