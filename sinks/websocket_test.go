@@ -198,9 +198,13 @@ func TestDeadLetterAfterMaxAttempts(t *testing.T) {
 	if n := h.pending("pi-1"); n != 0 {
 		t.Errorf("%d entries still pending", n)
 	}
-	if got := h.counter("dead_lettered"); got != 1 {
-		t.Errorf("dead_lettered counter = %v, want 1", got)
-	}
+	// Counted by the writer just after the move it committed.
+	testutil.CheckFor(t, wait, time.Millisecond, func() error {
+		if got := h.counter("dead_lettered"); got != 1 {
+			return fmt.Errorf("dead_lettered counter = %v, want 1", got)
+		}
+		return nil
+	})
 }
 
 func TestDisconnectKeepsAttemptsAndResendsInOrder(t *testing.T) {
