@@ -91,6 +91,7 @@ func (o *Outbox) ackLate(key string) {
 	delete(w.carry, seq)
 	o.acked.Inc()
 	w.deletes = append(w.deletes, seq)
+	w.done.add(seq)
 	o.pending.Add(-1)
 	o.flushDeletes()
 }
@@ -142,6 +143,7 @@ func (o *Outbox) deadLetter(e *entry, reason string) {
 		}
 		return
 	}
+	o.w.done.add(e.seq)
 	o.dead.Inc()
 	o.counters(e.typ).dead.Inc()
 	o.pending.Add(-1)
@@ -177,6 +179,7 @@ func (o *Outbox) remove(e *entry) {
 // deleted queues e's store entry for deletion (batched by flushDeletes).
 func (o *Outbox) deleted(e *entry) {
 	o.w.deletes = append(o.w.deletes, e.seq)
+	o.w.done.add(e.seq)
 	o.pending.Add(-1)
 }
 

@@ -98,9 +98,10 @@
 // if the link is up and the head is an entry the writer neither holds nor
 // will read (below its cursor), the writer reads the store again from there.
 // That never happens unless an acknowledged entry came back, which Badger's
-// value-log GC can do (package store, "Known issue"): such an entry is sent
-// again within 30 seconds, and deleted on its ACK, instead of waiting for
-// the link's next connection.
+// value-log GC can do (package store, "Known issue"): within 30 seconds, and
+// without waiting for the link's next connection, such an entry is deleted
+// again if the writer completed it in its current session (it remembers the
+// seqs of its last 8192 completions), else sent again and deleted on its ACK.
 //
 // The writer knows its outbox's size without scanning it: it counts the
 // entries in the store when it starts (keys only), then adds one per Notify

@@ -56,6 +56,9 @@ func (o *Outbox) limits(ctx context.Context, now time.Time) {
 	o.flushDeletes() // the store must not hold what was acknowledged
 	if periodic {
 		o.rescan()
+		if w.recountDue { // the count may have drifted (a failed write, an entry that came back)
+			o.recount()
+		}
 	}
 	if o.limited() {
 		o.enforce(ctx, now, periodic)
@@ -70,10 +73,11 @@ func (o *Outbox) limits(ctx context.Context, now time.Time) {
 // Every committed entry is notified, and out-of-order commits rewind the
 // writer, so this finds nothing unless an acknowledged entry came back:
 // Badger's value-log GC can restore deleted keys (package store, "Known
-// issue"). Such an entry is then sent again within limitEvery
-// (receivers deduplicate it, as any redelivery) and deleted on its ACK,
-// instead of waiting for the link's next connection; the count of pending
-// entries is redone, as it did not include it.
+// issue"). The read that follows, within limitEvery instead of at the
+// link's next connection, deletes such an entry again if the writer
+// completed it in this session (admit), else sends it again (receivers
+// deduplicate it, as any redelivery) and deletes it on its ACK; the count
+// of pending entries is redone, as it did not include it.
 func (o *Outbox) rescan() {
 	w := &o.w
 	if w.conn == nil {

@@ -371,23 +371,21 @@ func TestHeadFloor(t *testing.T) {
 }
 
 // An acknowledged entry that reappears in the store behind the writer (what
-// Badger's value-log GC can do) is sent again by the periodic rescan and
-// deleted on its ACK, without waiting for a reconnection.
-func TestRescanResendsAnEntryThatCameBack(t *testing.T) {
+// Badger's value-log GC can do) is found by the periodic rescan without
+// waiting for a reconnection: deleted again if the writer completed it in
+// its current session (it knows), else sent again (receivers deduplicate
+// it) and deleted on its ACK.
+func TestRescanHandlesAnEntryThatCameBack(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) { c.limitEvery = 20 * time.Millisecond })
 	defer h.close()
-	rec := recorder{then: h.autoAck("pi-1")}
-	l := h.attach("pi-1", true, rec.conn())
-	h.publish(l, 1, 5)
-	testutil.CheckFor(t, wait, time.Millisecond, rec.wantSent(ids(1, 5)))
-	h.waitDrained("pi-1")
-	// Seq 2 comes back, unnotified.
-	if err := h.st.DB().Update(func(txn *badger.Txn) error { return txn.Set(store.OutboxKey("pi-1", 2), frame(2)) }); err != nil {
-		t.Fatal(err)
+	comeBack := func(seq uint64, i int) {
+		t.Helper()
+		if err := h.st.DB().Update(func(txn *badger.Txn) error { return txn.Set(store.OutboxKey("pi-1", seq), frame(i)) }); err != nil {
+			t.Fatal(err)
+		}
 	}
-	testutil.CheckFor(t, wait, time.Millisecond, rec.wantSent(append(ids(1, 5), "m2")))
-	testutil.CheckFor(t, wait, time.Millisecond, func() error {
+	drained := func() error {
 		if p := h.pending("pi-1"); p != 0 {
 			return fmt.Errorf("%d entries still pending", p)
 		}
@@ -395,5 +393,28 @@ func TestRescanResendsAnEntryThatCameBack(t *testing.T) {
 			return fmt.Errorf("depth gauge %v", d)
 		}
 		return nil
-	})
+	}
+	rec := recorder{then: h.autoAck("pi-1")}
+	c1 := rec.conn()
+	l := h.attach("pi-1", true, c1)
+	h.publish(l, 1, 5)
+	testutil.CheckFor(t, wait, time.Millisecond, rec.wantSent(ids(1, 5)))
+	h.waitDrained("pi-1")
+
+	// Seq 2 comes back, unnotified, in the session that completed it.
+	comeBack(2, 2)
+	testutil.CheckFor(t, wait, time.Millisecond, drained)
+	if got := rec.sent(); !slices.Equal(got, ids(1, 5)) {
+		t.Fatalf("sent %v, want %v: m2 was acknowledged in this session", got, ids(1, 5))
+	}
+
+	// After a reconnection (a new session), seq 3 comes back: the writer
+	// cannot tell it from a pending entry, and sends it.
+	next := recorder{then: h.autoAck("pi-1")}
+	h.links.Detach(l, c1)
+	l = h.attach("pi-1", true, next.conn())
+	time.Sleep(50 * time.Millisecond) // the new session's first read
+	comeBack(3, 3)
+	testutil.CheckFor(t, wait, time.Millisecond, next.wantSent([]string{"m3"}))
+	testutil.CheckFor(t, wait, time.Millisecond, drained)
 }

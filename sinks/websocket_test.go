@@ -651,3 +651,62 @@ func TestCatchUpAfterRead(t *testing.T) {
 	testutil.CheckFor(t, wait, 5*time.Millisecond, rec.wantSent(want))
 	h.waitDrained("pi-1")
 }
+
+// Notifications that reach the writer only after it read their entries
+// from the store, sent them and had them acknowledged: the first of them
+// makes the writer go back to the store (it is below the cursor and not
+// held: it might have been committed out of order), and a second one
+// arriving during that read must not be sent again from memory, although
+// the read, from below it, did not return it (it is gone: completed). It
+// was sent twice (a CI run of TestOutOfOrderCommitIsDelivered on a busy
+// machine: sent m1 m2 m2 m4).
+func TestLateNotifyOfCompletedEntryIsNotResent(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) { c.MemoryQueue = 512 })
+	defer h.close()
+	during := make(chan func(), 1)
+	var reads atomic.Int32
+	h.sink.afterRead = func(string) {
+		reads.Add(1)
+		select {
+		case f := <-during:
+			f()
+		default:
+		}
+	}
+	notify := func(l *link.Link, seq uint64, i int) {
+		_ = h.sink.Deliver(context.Background(), []*pipeline.Envelope{{Status: pipeline.Accepted, Encoded: frame(i),
+			Recipients: []string{l.ID()}, Seqs: []uint64{seq}}})
+	}
+	rec := recorder{then: h.autoAck("pi-1")}
+	c1 := rec.conn()
+	l := h.attach("pi-1", true, c1)
+	testutil.CheckFor(t, wait, time.Millisecond, func() error { // the first read: nothing stored
+		if reads.Load() == 0 {
+			return errors.New("no read yet")
+		}
+		return nil
+	})
+	// m1 and m2 are committed, then read, sent and ACKed before their
+	// Notify: a new connection makes the writer read the store again.
+	seqs := h.put(l, 1, 2)
+	var next recorder
+	next.then = h.autoAck("pi-1")
+	h.links.Detach(l, c1)
+	l = h.attach("pi-1", true, next.conn())
+	testutil.CheckFor(t, wait, time.Millisecond, next.wantSent(ids(1, 2)))
+	h.waitDrained("pi-1")
+	// Now their notifications: m1's makes the writer read the store from
+	// seq 1; m2's comes during that read.
+	done := make(chan struct{})
+	during <- func() { notify(l, seqs[1], 2); close(done) }
+	notify(l, seqs[0], 1)
+	<-done
+	h.publish(l, 3, 3) // a later message, from memory: the writer is past the late ones
+	testutil.CheckFor(t, wait, time.Millisecond, next.wantSent(ids(1, 3)))
+	time.Sleep(50 * time.Millisecond)
+	if got := next.sent(); !slices.Equal(got, ids(1, 3)) {
+		t.Fatalf("sent %v, want %v (nothing twice)", got, ids(1, 3))
+	}
+	h.waitDrained("pi-1")
+}

@@ -55,7 +55,12 @@ type writer struct {
 	// lately maps the key of each delivery in flight when a session ended
 	// to its seq: an ACK still inside the pipeline then completes it
 	// instead of being lost (the message would be sent again).
-	lately  map[string]uint64
+	lately map[string]uint64
+	// done holds the seqs of the deliveries completed in this session (the
+	// latest doneCap of them): a Notify that reaches the writer after the
+	// entry was read from the store, sent and completed must not bring it
+	// back (see admit).
+	done    doneSet
 	deletes []uint64
 	// deleteDue is when the pending deletes must be written (zero: none
 	// pending); see lazyDeletes.
@@ -235,6 +240,7 @@ func (o *Outbox) endSession() {
 	clear(w.inflight)
 	clear(w.bySeq)
 	clear(w.byKey)
+	w.done.reset()
 	w.conn, w.sess, w.cancel = nil, nil, nil
 	w.cursor, w.more = 0, false
 	w.nextDue = time.Time{}
@@ -295,7 +301,7 @@ func (o *Outbox) load() {
 		o.s.afterRead(o.id)
 	}
 	for _, en := range page {
-		o.admit(en.Seq, en.Frame, nil)
+		o.admit(en.Seq, en.Frame, nil, true)
 	}
 	w.more = len(page) == pageSize
 	if !w.more {
@@ -364,9 +370,9 @@ func (o *Outbox) admitMemory(mem []memEntry) {
 			continue
 		}
 		if m.hdr.MessageID != "" {
-			o.admit(m.seq, m.frame, &m.hdr)
+			o.admit(m.seq, m.frame, &m.hdr, false)
 		} else {
-			o.admit(m.seq, m.frame, nil)
+			o.admit(m.seq, m.frame, nil, false)
 		}
 	}
 	if low == 0 {
@@ -380,14 +386,28 @@ func (o *Outbox) admitMemory(mem []memEntry) {
 	o.mu.Unlock()
 }
 
-// admit adds a loaded entry to the ready queue, skipping entries already
-// loaded. hdr is the entry's header when the sink passed it along; nil: the
+// admit adds a loaded entry to the ready queue (fromStore: read from the
+// store, else notified), skipping entries already loaded or completed in
+// this session. A notified one may have been read from the store before its
+// Notify came, sent and completed: it would otherwise be taken again once a
+// store read from below it missed it (gone from the store, the read cannot
+// tell it from one committed after it). One read from the store although
+// completed came back (Badger's value-log GC, package store): it is deleted
+// again, not sent. hdr is the entry's header when the sink passed it along; nil: the
 // frame's header is decoded here. An entry that does not decode can never
 // be acknowledged: it is dead-lettered at once.
-func (o *Outbox) admit(seq uint64, frame []byte, hdr *slipstream.Header) {
+func (o *Outbox) admit(seq uint64, frame []byte, hdr *slipstream.Header, fromStore bool) {
 	w := &o.w
 	w.cursor = max(w.cursor, seq+1)
 	if w.bySeq[seq] != nil {
+		return
+	}
+	if w.done.has(seq) {
+		if fromStore {
+			o.log.Warn("an outbox entry the writer had completed is back in the store (Badger value-log GC); deleting it again", "seq", seq)
+			w.deletes = append(w.deletes, seq)
+			w.recountDue = true // the count of pending entries may include it
+		}
 		return
 	}
 	e := &entry{seq: seq, frame: frame, spent: w.carry[seq]}
@@ -516,3 +536,36 @@ func (o *Outbox) sendSpan(e *entry, again bool) trace.Span {
 	}
 	return span
 }
+
+// doneSet is a bounded set of seqs: the latest doneCap added.
+type doneSet struct {
+	ring []uint64
+	next int
+	set  map[uint64]struct{}
+}
+
+// doneCap bounds doneSet: more than a writer completes between a commit and
+// its Notify (a window in flight and a page ready, several times over).
+const doneCap = 8192
+
+func (d *doneSet) add(seq uint64) {
+	if d.set == nil {
+		d.set = make(map[uint64]struct{})
+	}
+	if len(d.ring) < doneCap {
+		d.ring = append(d.ring, seq)
+	} else {
+		delete(d.set, d.ring[d.next])
+		d.ring[d.next] = seq
+		d.next = (d.next + 1) % doneCap
+	}
+	d.set[seq] = struct{}{}
+}
+
+func (d *doneSet) has(seq uint64) bool {
+	_, ok := d.set[seq]
+	return ok
+}
+
+// reset empties the set and lets its memory go.
+func (d *doneSet) reset() { *d = doneSet{} }

@@ -44,8 +44,9 @@
 // TestBadgerGCResurrectsDeletedKeys reproduces it. Only values in the value
 // log (over DefaultValueThreshold) are affected. For outbox entries the
 // websocket sink copes: each writer re-reads its outbox from the start every
-// 30 seconds and sends an entry that came back again (receivers deduplicate
-// it). A purged dead letter over the threshold may also come back: purge
+// 30 seconds; an entry that came back is deleted again if the writer
+// completed it in its current session (it remembers the last 8192), else
+// sent again (receivers deduplicate it). A purged dead letter over the threshold may also come back: purge
 // again. A state value over the threshold that was then deleted (SK null)
 // could in principle come back too: its tombstone is a newer record that
 // expires after tombstone_ttl, and if a rewrite copied the old value while
