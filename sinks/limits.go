@@ -87,7 +87,7 @@ func (o *Outbox) rescan() {
 	if !ok || en.Seq >= w.cursor || w.bySeq[en.Seq] != nil {
 		return
 	}
-	o.log.Warn("an outbox entry the writer had completed is back in the store (Badger value-log GC); sending the outbox again from it",
+	o.log.Warn("an outbox entry the writer had completed is back in the store (Badger value-log GC); reading the outbox again from it",
 		"seq", en.Seq, "cursor", w.cursor)
 	o.recount()
 	o.mu.Lock()
