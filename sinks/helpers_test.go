@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -280,4 +281,19 @@ func (r *recorder) wantSent(want []string) func() error {
 		}
 		return nil
 	}
+}
+
+// hookReads counts the writers' reads of the store, and runs an action sent
+// on during on the writer's goroutine right after its next read.
+func (h *harness) hookReads() (during chan func(), reads *atomic.Int32) {
+	during, reads = make(chan func(), 1), new(atomic.Int32)
+	h.sink.afterRead = func(string) {
+		reads.Add(1)
+		select {
+		case f := <-during:
+			f()
+		default:
+		}
+	}
+	return during, reads
 }

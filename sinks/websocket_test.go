@@ -548,17 +548,7 @@ func TestCatchUpAfterRead(t *testing.T) {
 		}
 		_ = h.sink.Deliver(context.Background(), batch)
 	}
-	// Actions run by the writer right after a read of the store.
-	during := make(chan func(), 1)
-	var reads atomic.Int32
-	h.sink.afterRead = func(string) {
-		reads.Add(1)
-		select {
-		case f := <-during:
-			f()
-		default:
-		}
-	}
+	during, reads := h.hookReads()
 	// The receiver ACKs at once when auto is set, else it holds the ACKs.
 	var (
 		auto atomic.Bool
@@ -664,16 +654,7 @@ func TestLateNotifyOfCompletedEntryIsNotResent(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) { c.MemoryQueue = 512 })
 	defer h.close()
-	during := make(chan func(), 1)
-	var reads atomic.Int32
-	h.sink.afterRead = func(string) {
-		reads.Add(1)
-		select {
-		case f := <-during:
-			f()
-		default:
-		}
-	}
+	during, reads := h.hookReads()
 	notify := func(l *link.Link, seq uint64, i int) {
 		_ = h.sink.Deliver(context.Background(), []*pipeline.Envelope{{Status: pipeline.Accepted, Encoded: frame(i),
 			Recipients: []string{l.ID()}, Seqs: []uint64{seq}}})
