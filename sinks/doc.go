@@ -101,7 +101,7 @@
 // value-log GC can do (package store, "Known issue"): within 30 seconds, and
 // without waiting for the link's next connection, such an entry is deleted
 // again if the writer completed it in its current session (it remembers the
-// seqs of its last 8192 completions), else sent again and deleted on its ACK.
+// seqs of its last 256 completions), else sent again and deleted on its ACK.
 //
 // The writer knows its outbox's size without scanning it: it counts the
 // entries in the store when it starts (keys only), then adds one per Notify

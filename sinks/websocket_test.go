@@ -691,3 +691,24 @@ func TestLateNotifyOfCompletedEntryIsNotResent(t *testing.T) {
 	}
 	h.waitDrained("pi-1")
 }
+
+// doneSet keeps the latest doneCap seqs added, and nothing after reset.
+func TestDoneSetIsBounded(t *testing.T) {
+	var d doneSet
+	n := doneCap + 44
+	for i := 1; i <= n; i++ {
+		d.add(uint64(i))
+	}
+	for i := 1; i <= n; i++ {
+		if want := i > n-doneCap; d.has(uint64(i)) != want {
+			t.Fatalf("has(%d) = %v, want %v", i, !want, want)
+		}
+	}
+	if len(d.set) != doneCap || len(d.ring) != doneCap {
+		t.Fatalf("%d seqs kept (ring %d), want %d", len(d.set), len(d.ring), doneCap)
+	}
+	d.reset()
+	if d.has(uint64(n)) || d.set != nil {
+		t.Fatal("reset kept seqs")
+	}
+}

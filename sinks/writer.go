@@ -544,9 +544,12 @@ type doneSet struct {
 	set  map[uint64]struct{}
 }
 
-// doneCap bounds doneSet: more than a writer completes between a commit and
-// its Notify (a window in flight and a page ready, several times over).
-const doneCap = 8192
+// doneCap bounds doneSet. A Notify comes a few stages after its commit,
+// while completing a delivery takes a round trip to the receiver, so a
+// writer completes few entries, if any, between the two; 256 is ample, and
+// costs a link that delivers ~7 KiB (an idle link nothing; the set goes
+// with the session).
+const doneCap = 256
 
 func (d *doneSet) add(seq uint64) {
 	if d.set == nil {

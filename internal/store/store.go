@@ -45,7 +45,7 @@
 // log (over DefaultValueThreshold) are affected. For outbox entries the
 // websocket sink copes: each writer re-reads its outbox from the start every
 // 30 seconds; an entry that came back is deleted again if the writer
-// completed it in its current session (it remembers the last 8192), else
+// completed it in its current session (it remembers the last 256), else
 // sent again (receivers deduplicate it). A purged dead letter over the threshold may also come back: purge
 // again. A state value over the threshold that was then deleted (SK null)
 // could in principle come back too: its tombstone is a newer record that
