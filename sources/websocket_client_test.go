@@ -51,24 +51,6 @@ func TestMain(m *testing.M) {
 // fast is a retry policy for tests.
 var fast = RetryConfig{Interval: 10 * time.Millisecond, MaxInterval: 40 * time.Millisecond, Cooldown: time.Minute}
 
-// logBuffer collects a node's logs (debug and up) for assertions.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // node is one instance's websocket sources, built through their kinds, with
 // a real store and link registry: a websocket_server on 127.0.0.1:0 and,
 // once addClient is called, a websocket_client.
@@ -78,7 +60,7 @@ type node struct {
 	st      *store.Store
 	links   *link.Registry
 	metrics *prometheus.Registry
-	logs    *logBuffer
+	logs    *testutil.SyncBuffer // the node's logs (debug and up), for assertions
 	log     *slog.Logger
 	srv     *Server
 	cl      *Client
@@ -96,7 +78,7 @@ func newNode(t *testing.T, id string) *node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &logBuffer{}
+	logs := &testutil.SyncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("instance", id)
 	links, err := link.NewRegistry(st, id, log)
 	if err != nil {

@@ -31,24 +31,13 @@ type msgInstance struct {
 	dir    string // the certificates and keys: server, client
 }
 
-// msgFreePort picks a loopback port that was free a moment ago.
-func msgFreePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // startMsgInstance starts the instance; at cleanup it stops it, then checks
 // that no goroutine leaked.
 func startMsgInstance(t *testing.T) *msgInstance {
 	t.Helper()
 	t.Cleanup(func() { goleak.VerifyNone(t) }) // runs last
 	dir := t.TempDir()
-	port := msgFreePort(t)
+	port := testutil.FreePort(t)
 	ca := testcerts.NewCA(t, "cli test CA")
 	caFile := ca.WriteCA(t, dir, "ca")
 	srvCert, srvKey := ca.Issue(testcerts.Leaf{CommonName: "cli-msg"}).Write(t, dir, "server")
