@@ -94,10 +94,19 @@ func TestRequestEveryReplyAndTimeout(t *testing.T) {
 	bURL, _, _ := startStateInstance(t, "env-b", []string{"b"}, peer)
 	ca := dial(t, aURL, client.Options{})
 	cb := dial(t, bURL, client.Options{})
+	// a learns of b when b's link says HELLO: a message published before
+	// that has no b among its recipients (docs/config.md, tag_filter). A
+	// get from b answered by a travels back over that link, so a knows b.
+	testutil.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, _, err := cb.Get(ctx, "shared", client.Targeting("a"))
+		return err
+	})
 	if _, err := publish(t, ca, sk("shared", `"v1"`)); err != nil {
 		t.Fatal(err)
 	}
-	// Wait for b to hold it (the peer link may still be connecting).
+	// Wait for b to hold it.
 	testutil.CheckFor(t, 15*time.Second, 20*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
