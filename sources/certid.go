@@ -104,6 +104,9 @@ func (s *Server) certSpec(r *http.Request, spec link.Spec) (link.Spec, int, erro
 	}
 	spec.ID, spec.Durable = id, true
 	spec.Perms, spec.Commands = s.cfg.access(id)
+	if r.URL.Query().Get("tags") == "" {
+		spec.Tags = s.unannouncedTags(id, spec.Tags)
+	}
 	return spec, 0, nil
 }
 

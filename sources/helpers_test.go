@@ -39,7 +39,13 @@ type harness struct {
 
 func newHarness(t *testing.T, mut func(*ServerConfig)) *harness {
 	t.Helper()
-	st, err := store.Open(t.TempDir(), store.Options{})
+	return newHarnessAt(t, t.TempDir(), mut)
+}
+
+// newHarnessAt is newHarness on the store in dir.
+func newHarnessAt(t *testing.T, dir string, mut func(*ServerConfig)) *harness {
+	t.Helper()
+	st, err := store.Open(dir, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

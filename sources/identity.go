@@ -50,7 +50,19 @@ func (s *Server) specFromQuery(q url.Values) (link.Spec, error) {
 	}
 	spec.ID, spec.Durable = id, true
 	spec.Perms, spec.Commands = s.cfg.access(spec.ID)
+	if q.Get("tags") == "" {
+		spec.Tags = s.unannouncedTags(id, spec.Tags)
+	}
 	return spec, nil
+}
+
+// unannouncedTags returns the tags of link id when its remote announces
+// none: an inbound_peer's declared tags, else tags (default_tags).
+func (s *Server) unannouncedTags(id string, tags []string) []string {
+	if declared, ok := s.cfg.inboundTags(id); ok {
+		return declared
+	}
+	return tags
 }
 
 // splitTags splits a comma-separated tag list, dropping blanks.
@@ -123,6 +135,10 @@ func (s *Server) hello(c *Conn, cur *link.Link, spec link.Spec, m *slipstream.Me
 	next.Perms, next.Commands = s.cfg.access(next.ID)
 	if len(m.Tags) > 0 {
 		next.Tags = m.Tags
+	} else if cur.ID() != next.ID {
+		// The connection's tags were chosen for another link (con-...):
+		// those of a declared inbound peer apply.
+		next.Tags = s.unannouncedTags(next.ID, next.Tags)
 	}
 	if m.Acks != nil {
 		next.Acks = *m.Acks

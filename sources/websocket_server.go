@@ -48,6 +48,24 @@ type ServerConfig struct {
 	Permissions    PermissionsConfig    `hcl:"permissions,block" doc:"what the links of this listener may send (default: everything; slipstream.* commands need allow_commands)"`
 	Permission     []PermissionOverride `hcl:"permission,block" doc:"the whole set of permissions of one link, by its id (replaces permissions and allow_commands for it)"`
 	TLS            *ServerTLS           `hcl:"tls,block" doc:"serve wss:// (TLS 1.2 at least); with client_ca_file, mutual TLS; see docs/tls.md"`
+	InboundPeers   []InboundPeer        `hcl:"inbound_peer,block" doc:"a peer instance that dials this listener (it has a websocket_client peer block naming this instance; this one does not dial it): its link is durable from the first start, so that what is published before it ever connects waits in its outbox. Without it, an instance learns of such a peer at its first HELLO"`
+}
+
+// InboundPeer is an `inbound_peer "ID"` block of websocket_server.
+type InboundPeer struct {
+	ID   string   `hcl:"id,label"`
+	Tags []string `hcl:"tags,optional" doc:"tags of its link until it first connects, and whenever it announces none (its HELLO's tags, or ?tags= on a connection without HELLO); once it has connected, the link keeps the tags it last announced, across restarts too"`
+}
+
+// inboundTags returns the declared tags of inbound peer id, and whether id
+// is declared.
+func (c *ServerConfig) inboundTags(id string) ([]string, bool) {
+	for _, p := range c.InboundPeers {
+		if p.ID == id {
+			return p.Tags, true
+		}
+	}
+	return nil, false
 }
 
 // Validate implements pipeline.Validator (the heartbeat block validates
@@ -71,6 +89,19 @@ func (c *ServerConfig) Validate() error {
 			return &pipeline.FieldError{Field: "permission", Err: fmt.Errorf("link %q has two permission blocks", o.ID)}
 		}
 		seen[o.ID] = true
+	}
+	clear(seen)
+	for i, p := range c.InboundPeers {
+		if err := checkLinkID(p.ID); err != nil {
+			return &pipeline.FieldError{Field: fmt.Sprintf("inbound_peer[%d].id", i), Err: err}
+		}
+		if seen[p.ID] {
+			return &pipeline.FieldError{Field: "inbound_peer", Err: fmt.Errorf("peer %q is declared twice", p.ID)}
+		}
+		seen[p.ID] = true
+		if err := checkTags(p.Tags); err != nil {
+			return &pipeline.FieldError{Field: fmt.Sprintf("inbound_peer[%d].tags", i), Err: err}
+		}
 	}
 	return nil
 }
@@ -190,6 +221,9 @@ func NewServer(cfg ServerConfig, bc *pipeline.BuildContext) (*Server, error) {
 	if acc.requiresToken() && len(cfg.Tokens) == 0 {
 		log.Info("bearer tokens required", "token_file", cfg.TokenFile)
 	}
+	if err := declareInboundPeers(cfg.InboundPeers, bc); err != nil {
+		return nil, err
+	}
 	tf, err := newServerTLS(cfg.TLS, bc, log)
 	if err != nil {
 		return nil, err
@@ -216,6 +250,24 @@ func NewServer(cfg ServerConfig, bc *pipeline.BuildContext) (*Server, error) {
 		},
 		closed: make(chan struct{}),
 	}, nil
+}
+
+// declareInboundPeers makes each declared inbound peer a durable link
+// (a recipient) unless the instance knows it already: then the tags it
+// last announced stand until it connects again.
+func declareInboundPeers(peers []InboundPeer, bc *pipeline.BuildContext) error {
+	for _, p := range peers {
+		if p.ID == bc.Instance.ID {
+			return fmt.Errorf("inbound_peer %q is this instance's own id", p.ID)
+		}
+		if bc.Links.Get(p.ID) != nil {
+			continue
+		}
+		if _, err := bc.Links.Ensure(link.Spec{ID: p.ID, Tags: p.Tags, Peer: true, Acks: true}); err != nil {
+			return fmt.Errorf("inbound_peer %q: declare the link: %w", p.ID, err)
+		}
+	}
+	return nil
 }
 
 // AllowCommands reports the listener's allow_commands; it is also set on

@@ -11,8 +11,12 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	slipstream "github.com/slipstream-sync/slipstream"
+	"github.com/slipstream-sync/slipstream/internal/link"
+	"github.com/slipstream-sync/slipstream/internal/store"
 	"github.com/slipstream-sync/slipstream/internal/testutil"
 	"github.com/slipstream-sync/slipstream/pipeline"
 )
@@ -31,6 +35,11 @@ func TestConfigValidate(t *testing.T) {
 		{"path", func(c *ServerConfig) { c.Path = "ws" }, "path"},
 		{"default_tags", func(c *ServerConfig) { c.DefaultTags = []string{""} }, "default_tags"},
 		{"max_frame", func(c *ServerConfig) { c.MaxFrame = 0 }, "max_frame"},
+		{"inbound_peer tags", func(c *ServerConfig) {
+			c.InboundPeers = []InboundPeer{{ID: "b"}, {ID: "c", Tags: []string{""}}}
+		}, "inbound_peer[1].tags"},
+		{"inbound_peer twice", func(c *ServerConfig) { c.InboundPeers = []InboundPeer{{ID: "b"}, {ID: "b"}} }, "inbound_peer"},
+		{"inbound_peer id", func(c *ServerConfig) { c.InboundPeers = []InboundPeer{{ID: "a\x00b"}} }, "inbound_peer[0].id"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -104,6 +113,77 @@ func TestHelloFromPeer(t *testing.T) {
 	// No tags in the HELLO: the listener's default tags; acks default on.
 	if !l.IsPeer() || !l.Acks() || !l.AllowCommands() || !slices.Equal(l.Tags(), []string{"local"}) {
 		t.Fatalf("link azure-1: peer=%v acks=%v commands=%v tags=%v", l.IsPeer(), l.Acks(), l.AllowCommands(), l.Tags())
+	}
+}
+
+// An inbound_peer is a durable peer link before it ever connects (a
+// recipient of what is published meanwhile), with its declared tags until
+// it announces its own; a peer it names that the instance knows already
+// keeps the tags it last announced.
+func TestInboundPeerDeclared(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	declare := func(c *ServerConfig) {
+		c.InboundPeers = []InboundPeer{{ID: "azure-1", Tags: []string{"azure"}}, {ID: "gcp-1", Tags: []string{"gcp"}}}
+	}
+	h := newHarness(t, declare)
+	for id, tags := range map[string][]string{"azure-1": {"azure"}, "gcp-1": {"gcp"}} {
+		l := h.linkState(id, false)
+		if !l.Durable() || !l.IsPeer() || !l.Acks() || !slices.Equal(l.Tags(), tags) {
+			t.Fatalf("declared link %s: durable=%v peer=%v acks=%v tags=%v", id, l.Durable(), l.IsPeer(), l.Acks(), l.Tags())
+		}
+	}
+	m := &slipstream.Message{Type: slipstream.TypeSK, Key: "k", MessageID: "m1", OriginInstanceID: self,
+		MessagePath: []string{self}, TargetedTags: []string{"azure"}}
+	if got := h.links.Recipients(nil, self, m); len(got) != 1 || got[0].ID() != "azure-1" {
+		t.Fatalf("recipients of a message targeted at azure: %v, want the declared azure-1", got)
+	}
+
+	// A HELLO without tags keeps the declared ones (not default_tags).
+	c := h.dial("")
+	send(t, c, `{"type":"HELLO","protocol":1,"instanceId":"azure-1","role":"peer"}`)
+	readJSON(t, c)
+	if l := h.linkState("azure-1", true); !slices.Equal(l.Tags(), []string{"azure"}) {
+		t.Fatalf("azure-1 after a HELLO without tags: tags %v, want the declared [azure]", l.Tags())
+	}
+	c.Close()
+	// A HELLO with tags replaces them, for good.
+	c = h.dial("")
+	send(t, c, `{"type":"HELLO","protocol":1,"instanceId":"gcp-1","tags":["gcp","eu"],"role":"peer"}`)
+	readJSON(t, c)
+	if l := h.linkState("gcp-1", true); !slices.Equal(l.Tags(), []string{"gcp", "eu"}) {
+		t.Fatalf("gcp-1 after a HELLO with tags: %v", l.Tags())
+	}
+	c.Close()
+	h.linkState("gcp-1", false)
+	dir := h.st.Dir()
+	h.close()
+
+	// Restarted with the same declaration: gcp-1 keeps what it announced.
+	h = newHarnessAt(t, dir, declare)
+	defer h.close()
+	if l := h.linkState("gcp-1", false); !slices.Equal(l.Tags(), []string{"gcp", "eu"}) {
+		t.Fatalf("gcp-1 after a restart: tags %v, want those it announced", l.Tags())
+	}
+}
+
+func TestInboundPeerOwnID(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	st, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	links, err := link.NewRegistry(st, self, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer links.Close()
+	cfg := ServerConfig{Listen: "127.0.0.1:0", Path: "/ws", MaxFrame: 1 << 20, Heartbeat: DefaultHeartbeat(),
+		Limits: DefaultLimits(), InboundPeers: []InboundPeer{{ID: self}}}
+	_, err = NewServer(cfg, &pipeline.BuildContext{Instance: pipeline.Instance{ID: self}, Links: links,
+		Metrics: prometheus.NewRegistry()})
+	if err == nil || !strings.Contains(err.Error(), "own id") {
+		t.Fatalf("NewServer with an inbound_peer named like the instance: %v, want an error naming its own id", err)
 	}
 }
 

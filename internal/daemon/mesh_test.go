@@ -34,6 +34,7 @@ type meshNode struct {
 	// commands: peers and the extra "ops" listener may issue slipstream.*
 	// commands (the "ingress" listener may not).
 	commands bool
+	inbound  []string // ids of the instances it declares as inbound_peer
 }
 
 // meshHCL is the instance's config: the default pipeline, the listener on
@@ -45,6 +46,10 @@ func meshHCL(n meshNode, all map[string]meshNode) string {
 		p := all[id]
 		fmt.Fprintf(&peers, "  peer %q {\n    url  = \"ws://127.0.0.1:%d/ws\"\n    tags = %s\n    allow_commands = %v\n  }\n",
 			id, p.port, hclList(p.tags), n.commands)
+	}
+	var inbound strings.Builder
+	for _, id := range n.inbound {
+		fmt.Fprintf(&inbound, "  inbound_peer %q {\n    tags = %s\n  }\n", id, hclList(all[id].tags))
 	}
 	client, ref := "", ""
 	if n.commands {
@@ -89,7 +94,7 @@ log {
 source "websocket_server" "ingress" {
   listen       = "127.0.0.1:%d"
   default_tags = ["local"]
-}
+%s}
 %s
 pipeline "sync" {
   sources = [source.websocket_server.ingress%s]
@@ -110,7 +115,7 @@ sink "websocket" "links" {
   ack_timeout  = "2s"
   max_attempts = 0
 }
-`, n.id, n.id, hclList(n.tags), n.dir, n.port, client, ref)
+`, n.id, n.id, hclList(n.tags), n.dir, n.port, inbound.String(), client, ref)
 }
 
 func hclList(items []string) string {
@@ -139,6 +144,17 @@ func newMesh(t *testing.T, tags map[string][]string, links ...string) *mesh {
 // newMeshWith is newMesh; commands sets meshNode.commands on every node.
 func newMeshWith(t *testing.T, commands bool, tags map[string][]string, links ...string) *mesh {
 	t.Helper()
+	m := planMesh(t, commands, tags, links...)
+	for id := range m.nodes {
+		m.start(id)
+	}
+	return m
+}
+
+// planMesh is newMeshWith without starting any instance. In links, "a<b"
+// also means that a declares b an inbound_peer (b dials a: write "b>a" too).
+func planMesh(t *testing.T, commands bool, tags map[string][]string, links ...string) *mesh {
+	t.Helper()
 	m := &mesh{t: t, nodes: map[string]meshNode{}, ins: map[string]*testInstance{}, held: map[string]net.Listener{}}
 	t.Cleanup(func() {
 		for _, ln := range m.held {
@@ -156,15 +172,18 @@ func newMeshWith(t *testing.T, commands bool, tags map[string][]string, links ..
 	}
 	for _, l := range links {
 		from, to, ok := strings.Cut(l, ">")
+		if to, from, in := strings.Cut(l, "<"); in {
+			n := m.nodes[to]
+			n.inbound = append(n.inbound, from)
+			m.nodes[to] = n
+			continue
+		}
 		if _, known := m.nodes[to]; !ok || !known {
 			t.Fatalf("bad link %q", l)
 		}
 		n := m.nodes[from]
 		n.peers = append(n.peers, to)
 		m.nodes[from] = n
-	}
-	for id := range m.nodes {
-		m.start(id)
 	}
 	return m
 }
@@ -518,6 +537,45 @@ func TestMeshTargetedTags(t *testing.T) {
 	for _, c := range []*meshClient{pub, gcp, gcpOther, azure} {
 		c.close()
 	}
+}
+
+// A peer that dials in and has never connected gets what was published
+// before its first connection when the instance declares it an
+// inbound_peer: b dials a; a's client publishes (untargeted, and targeted
+// at b's tag) before b ever ran; b holds all of it once it is up.
+func TestMeshInboundPeerBeforeFirstConnection(t *testing.T) {
+	m := planMesh(t, false, map[string][]string{"first-a": {"a"}, "first-b": {"b"}}, "first-b>first-a", "first-a<first-b")
+	m.start("first-a")
+	pub := newMeshClient(t, m.ins["first-a"], "pub-a")
+	defer pub.close()
+	frames := map[string]string{
+		"k1": sk("m1", "k1", "1"),
+		"k2": sk("m2", "k2", "2"),
+		"k3": sk("m3", "k3", "3", `"targetedTags":["b"]`),
+	}
+	for _, f := range frames {
+		if err := pub.write([]byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub.waitAcked(t, []string{"m1", "m2", "m3"})
+	if n, err := m.ins["first-a"].Store().CountOutbox("first-b"); err != nil || n != len(frames) {
+		t.Fatalf("first-a holds %d deliveries for first-b (%v), want %d", n, err, len(frames))
+	}
+
+	m.start("first-b")
+	m.linked("first-a", "first-b")
+	testutil.CheckFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		for key := range frames {
+			if rec, err := m.ins["first-b"].Store().State(key); err != nil || rec == nil {
+				return fmt.Errorf("first-b has no state for %s (%v)", key, err)
+			}
+		}
+		if n, err := m.ins["first-a"].Store().CountOutbox("first-b"); err != nil || n != 0 {
+			return fmt.Errorf("first-a still holds %d deliveries for first-b (%v)", n, err)
+		}
+		return nil
+	})
 }
 
 // A peer that is down gets its backlog when it comes back: line A-B-C with
