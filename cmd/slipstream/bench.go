@@ -46,6 +46,7 @@ type benchOptions struct {
 	MemProfile   string        `json:"-"`
 	TraceSample  float64       `json:"trace_sample,omitempty"` // -1: tracing off (the default config's)
 	PID          int           `json:"pid,omitempty"`
+	DiskProbe    string        `json:"disk_probe,omitempty"`
 	DurationText string        `json:"duration"`
 }
 
@@ -89,6 +90,7 @@ Flags:
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile of the whole process (instance, relay and clients) to this file")
 	fs.IntVar(&o.PID, "pid", 0, "with -url: the instance's process id on this machine, whose CPU and RSS the summary reports (in-process: this process's)")
 	fs.Float64Var(&o.TraceSample, "trace-sample", -1, "in-process only: turn tracing on with this sample_ratio (0..1), spans exported to the stdout exporter and discarded, to measure tracing's cost; -1: off, as in the default config")
+	fs.StringVar(&o.DiskProbe, "disk-probe", "", fmt.Sprintf("after the run, time %d appends of one frame with fsync, %s apart, in a file in this directory (give one on the instance's data_dir file system; in-process, the data dir is under %s): the floor under publish->ACK", diskProbeAppends, diskProbeGap, os.TempDir()))
 	fs.StringVar(&o.MemProfile, "memprofile", "", "write a heap profile of the whole process to this file when the measured load has been delivered (before any connection closes; not for the baseline)")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
@@ -139,6 +141,11 @@ Flags:
 	if o.Count+o.Warmup > benchMaxCount {
 		return nil, &usageError{fmt.Sprintf("-count plus -warmup may be at most %d", benchMaxCount)}
 	}
+	if o.DiskProbe != "" {
+		if fi, err := os.Stat(o.DiskProbe); err != nil || !fi.IsDir() {
+			return nil, &usageError{fmt.Sprintf("-disk-probe %q is not a directory (give one on the file system of the instance's data_dir)", o.DiskProbe)}
+		}
+	}
 	if o.Rate > 0 && !set["inflight"] {
 		// Open loop: room for a second of the rate, so that the cap does not
 		// hold the schedule back (which would hide latency).
@@ -157,6 +164,7 @@ type benchSummary struct {
 	Options  *benchOptions `json:"options"`
 	Result   *loadResult   `json:"result"`
 	Baseline *loadResult   `json:"baseline,omitempty"`
+	Disk     *diskResult   `json:"disk,omitempty"`
 	// Ratio is result / baseline for each figure (throughput: higher is
 	// better for the instance; latency: lower is better).
 	Ratio map[string]float64 `json:"ratio,omitempty"`
@@ -229,6 +237,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		sum.Ratio = ratios(sum.Result, sum.Baseline)
 	}
 
+	if o.DiskProbe != "" {
+		if sum.Disk, err = diskProbe(ctx, o.DiskProbe, sum.Result.FrameBytes, diskProbeAppends, diskProbeGap, diskProbeMaxTime); err != nil {
+			return err
+		}
+	}
 	if o.JSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -473,6 +486,9 @@ func printSummary(w io.Writer, s *benchSummary) {
 		}, "")
 	}
 	tw.Flush()
+	if s.Disk != nil {
+		printDisk(w, s.Disk, s.Result.AckLatency)
+	}
 	for _, r := range runs {
 		for _, e := range r.ErrorSamples {
 			fmt.Fprintf(w, "%s error: %s\n", r.Target, e)

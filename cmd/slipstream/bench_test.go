@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -175,6 +176,7 @@ func TestBenchFlags(t *testing.T) {
 		{[]string{"-mesh", "line", "-url", "ws://127.0.0.1:1/ws"}, "cannot be used with -url"},
 		{[]string{"-pid", "1"}, "-pid names the process of the instance at -url"},
 		{[]string{"-trace-sample", "2"}, "-trace-sample must be between 0 and 1"},
+		{[]string{"-disk-probe", "/no/such/dir"}, `-disk-probe "/no/such/dir" is not a directory`},
 		{[]string{"-trace-sample", "0.5", "-url", "ws://127.0.0.1:1/ws"}, "with -url, set tracing in the instance's config"},
 	} {
 		err := runBench(context.Background(), tc.args, &bytes.Buffer{}, &bytes.Buffer{})
@@ -213,5 +215,37 @@ func TestHistogramQuantiles(t *testing.T) {
 		if histUpper(i) < v || (i > 0 && histUpper(i-1) >= v) {
 			t.Errorf("value %d in bucket %d with upper %d (previous upper %d)", v, i, histUpper(i), histUpper(i-1))
 		}
+	}
+}
+
+// -disk-probe times synced appends after the run, prints them beside
+// publish->ACK, puts them in the JSON and leaves no file behind.
+func TestBenchDiskProbe(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	err := runBench(context.Background(), []string{"-count", "200", "-progress", "0", "-disk-probe", dir}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("runBench: %v\nstderr:\n%s", err, stderr.String())
+	}
+	for _, want := range []string{"disk probe: write+fsync of ", "in " + dir + ", 2000 appends 1ms apart", "publish->ACK against it: p50 "} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Errorf("the probe left %d files in %s", len(left), dir)
+	}
+
+	d, err := diskProbe(context.Background(), dir, 300, 50, 0, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := d.Appends; a.Count != 50 || a.P50 <= 0 || a.Max < a.P99 || d.Bytes != 300 {
+		t.Errorf("diskProbe = %+v", d)
+	}
+	b, err := json.Marshal(&benchSummary{Disk: d})
+	if err != nil || !strings.Contains(string(b), `"disk":{"dir":`) || !strings.Contains(string(b), `"appends":{"count":50`) {
+		t.Errorf("JSON of the probe: %s (%v)", b, err)
 	}
 }
