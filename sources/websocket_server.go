@@ -252,18 +252,19 @@ func NewServer(cfg ServerConfig, bc *pipeline.BuildContext) (*Server, error) {
 	}, nil
 }
 
-// declareInboundPeers makes each declared inbound peer a durable link
-// (a recipient) unless the instance knows it already: then the tags it
-// last announced stand until it connects again.
+// declareInboundPeers makes each declared inbound peer a durable link (a
+// recipient) that cannot be forgotten while declared. One the instance
+// knows already keeps the tags it last announced until it connects again.
 func declareInboundPeers(peers []InboundPeer, bc *pipeline.BuildContext) error {
 	for _, p := range peers {
 		if p.ID == bc.Instance.ID {
 			return fmt.Errorf("inbound_peer %q is this instance's own id", p.ID)
 		}
-		if bc.Links.Get(p.ID) != nil {
-			continue
+		spec := link.Spec{ID: p.ID, Tags: p.Tags, Peer: true, Acks: true, Declared: true}
+		if l := bc.Links.Get(p.ID); l != nil {
+			spec.Tags, spec.Acks, spec.Peer = l.Tags(), l.Acks(), l.IsPeer() // as it last announced
 		}
-		if _, err := bc.Links.Ensure(link.Spec{ID: p.ID, Tags: p.Tags, Peer: true, Acks: true}); err != nil {
+		if _, err := bc.Links.Ensure(spec); err != nil {
 			return fmt.Errorf("inbound_peer %q: declare the link: %w", p.ID, err)
 		}
 	}

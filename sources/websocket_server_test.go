@@ -164,6 +164,10 @@ func TestInboundPeerDeclared(t *testing.T) {
 	if l := h.linkState("gcp-1", false); !slices.Equal(l.Tags(), []string{"gcp", "eu"}) {
 		t.Fatalf("gcp-1 after a restart: tags %v, want those it announced", l.Tags())
 	}
+	// Declared, it cannot be forgotten (the operator removes the block first).
+	if _, err := h.links.Forget("gcp-1"); !errors.Is(err, link.ErrDeclared) {
+		t.Fatalf("Forget of a declared inbound peer: %v, want ErrDeclared", err)
+	}
 }
 
 func TestInboundPeerOwnID(t *testing.T) {

@@ -150,7 +150,8 @@ func (c *dlqClient) do(ctx context.Context, method, path string, body, out any) 
 			Error string `json:"error"`
 		}
 		msg := strings.TrimSpace(string(b))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+		answered := json.Unmarshal(b, &e) == nil && e.Error != "" // by a route, not the mux's 404
+		if answered {
 			msg = e.Error
 		}
 		switch {
@@ -158,7 +159,7 @@ func (c *dlqClient) do(ctx context.Context, method, path string, body, out any) 
 			return fmt.Errorf("the admin API at %s wants the admin token: pass -token or set SLIPSTREAM_ADMIN_TOKEN", c.base)
 		case resp.StatusCode == http.StatusUnauthorized:
 			return fmt.Errorf("the admin API at %s refused the token (check -token or SLIPSTREAM_ADMIN_TOKEN)", c.base)
-		case resp.StatusCode == http.StatusNotFound && !strings.HasPrefix(msg, "no such dead letter"):
+		case resp.StatusCode == http.StatusNotFound && !answered:
 			return fmt.Errorf("the admin API at %s has no %s %s (%s): is -admin the admin listener (admin.listen), and is the instance recent enough?",
 				c.base, method, path, resp.Status)
 		}

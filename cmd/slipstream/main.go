@@ -72,6 +72,7 @@ Commands:
   validate  check a config file and print every problem (-c FILE)
   bench     load-test an instance (slipstream bench -h)
   dlq       list, replay and purge dead letters (slipstream dlq -h)
+  forget-link  forget a durable link that is gone for good (-yes ID)
   get       read a key from the instances' state: slipstream get KEY
   pub       send any message (or a raw frame), print the ACK or ERR and replies
   sub       connect as a client, print each message routed to it, ACK it
@@ -100,6 +101,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runBench(ctx, rest, stdout, stderr)
 	case "dlq":
 		return runDLQ(ctx, rest, stdout, stderr)
+	case "forget-link":
+		return runForgetLink(ctx, rest, stdout, stderr)
 	case "get":
 		return runGet(ctx, rest, stdout, stderr)
 	case "pub":

@@ -136,6 +136,7 @@ func New(cfg *pipeline.Config, o Options) (in *Instance, err error) {
 		in.registerState(in.admin)
 		in.registerStatus(in.admin)
 		in.registerTap(in.admin)
+		in.registerLinks(in.admin)
 		in.admin.ServeLogLevel(in.level)
 		if err := in.admin.Listen(listen); err != nil {
 			return nil, fmt.Errorf("admin listener on %s: %w", listen, err)

@@ -120,6 +120,11 @@ type Spec struct {
 	// of later specs that are not Configured, and it stays a peer. Not
 	// recorded in the store: the configuration declares it at every start.
 	Configured bool
+	// Declared marks a link the configuration names without deciding its
+	// tags (a websocket_server inbound_peer): like a Configured one, it
+	// cannot be forgotten (Registry.Forget) while the configuration names
+	// it. Not recorded in the store.
+	Declared bool
 }
 
 // Link is one remote party. Its methods are safe for concurrent use.
@@ -130,6 +135,7 @@ type Link struct {
 
 	mu         sync.Mutex
 	configured bool
+	declared   bool // Configured or Declared
 	tags       []string
 	acks       bool
 	commands   bool

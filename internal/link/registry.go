@@ -25,6 +25,16 @@ var (
 	// doc). Nothing was changed; the caller closes the new connection with
 	// code 1000 and DuplicateReason.
 	ErrDuplicate = errors.New("link registry: " + DuplicateReason)
+	// ErrForgetting is returned while Forget removes the link: the new
+	// connection is refused (its remote dials again).
+	ErrForgetting = errors.New("link registry: the link is being forgotten")
+)
+
+// Errors of Forget.
+var (
+	ErrUnknownLink = errors.New("no such link")
+	ErrDeclared    = errors.New("the configuration declares this link (a websocket_client peer block or a websocket_server inbound_peer): remove it there and restart, then forget it")
+	ErrConnected   = errors.New("the link is connected: forget it once its connection is gone (close the client, or stop the peer)")
 )
 
 // Registry holds every link of an instance.
@@ -38,6 +48,8 @@ type Registry struct {
 	links     map[string]*Link
 	newOutbox func(*Link) Outbox
 	closed    bool
+	// forgetting holds the ids Forget is removing: attach refuses them.
+	forgetting map[string]bool
 
 	requests *Requests
 }
@@ -182,6 +194,10 @@ func (r *Registry) attach(s Spec, c Conn, beforeSending func()) (*Link, error) {
 		r.mu.Unlock()
 		return nil, ErrClosed
 	}
+	if r.forgetting[s.ID] {
+		r.mu.Unlock()
+		return nil, ErrForgetting
+	}
 	l, ok := r.links[s.ID]
 	created := !ok
 	if !ok {
@@ -199,6 +215,9 @@ func (r *Registry) attach(s Spec, c Conn, beforeSending func()) (*Link, error) {
 	r.mu.Unlock()
 
 	l.mu.Lock()
+	if s.Configured || s.Declared {
+		l.declared = true
+	}
 	if s.Configured {
 		l.configured = true
 	} else if l.configured {
@@ -317,6 +336,62 @@ func (r *Registry) Detach(l *Link, c Conn) {
 	if err := r.st.DropOutbox(l.id); err != nil {
 		r.log.Warn("dropping an ephemeral link's outbox", "link", l.id, "err", err)
 	}
+}
+
+// Forget removes a durable link that is gone for good (a client id that
+// will not come back, a decommissioned peer): it stops being a recipient,
+// its record and its pending deliveries are deleted, and the number of
+// deliveries dropped is returned. Its dead letters stay (purge them apart).
+// A link the configuration declares, or one that is connected, is refused
+// (ErrDeclared, ErrConnected); an unknown id is ErrUnknownLink. A delivery
+// that a persist in flight commits for the link meanwhile is dropped at the
+// next start, with the outboxes of other unknown links.
+func (r *Registry) Forget(id string) (int, error) {
+	r.mu.Lock()
+	l := r.links[id]
+	if l == nil || r.forgetting[id] {
+		r.mu.Unlock()
+		return 0, ErrUnknownLink
+	}
+	l.mu.Lock()
+	declared, connected := l.declared, l.conn != nil && !isDone(l.conn)
+	ob := l.outbox
+	l.mu.Unlock()
+	switch {
+	case declared:
+		r.mu.Unlock()
+		return 0, ErrDeclared
+	case connected:
+		r.mu.Unlock()
+		return 0, ErrConnected
+	}
+	delete(r.links, id)
+	if r.forgetting == nil {
+		r.forgetting = map[string]bool{}
+	}
+	r.forgetting[id] = true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.forgetting, id)
+		r.mu.Unlock()
+	}()
+
+	if ob != nil {
+		ob.Close()
+	}
+	n, err := r.st.CountOutbox(id)
+	if err != nil {
+		return 0, err
+	}
+	if err := r.st.DropOutbox(id); err != nil {
+		return 0, err
+	}
+	if err := r.st.DeleteLink(id); err != nil {
+		return 0, err
+	}
+	r.log.Info("link forgotten", "link", id, "dropped_deliveries", n)
+	return n, nil
 }
 
 // Get returns a link by id.

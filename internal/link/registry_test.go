@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 
+	badger "github.com/dgraph-io/badger/v4"
+	slipstream "github.com/slipstream-sync/slipstream"
 	"github.com/slipstream-sync/slipstream/internal/store"
 )
 
@@ -164,5 +166,87 @@ func TestConfiguredLinkKeepsItsSpec(t *testing.T) {
 	l, err = r.Attach(Spec{ID: "c-1", Tags: []string{"x"}, Peer: true, Durable: true}, newFake(false))
 	if err != nil || l.Configured() || !slices.Equal(l.Tags(), []string{"x"}) {
 		t.Fatalf("link c-1: %v configured=%v tags=%v", err, l.Configured(), l.Tags())
+	}
+}
+
+// Forget removes a durable link that is gone: record, outbox and the
+// link itself, keeping its dead letters; declared and connected links are
+// refused, and a new registry on the same store does not know it.
+func TestForget(t *testing.T) {
+	r := newTestRegistry(t, "a-1")
+	if _, err := r.Forget("nobody"); !errors.Is(err, ErrUnknownLink) {
+		t.Fatalf("Forget of an unknown link: %v", err)
+	}
+	if _, err := r.Ensure(Spec{ID: "peer-1", Peer: true, Acks: true, Configured: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Ensure(Spec{ID: "inbound-1", Peer: true, Acks: true, Declared: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"peer-1", "inbound-1"} {
+		if _, err := r.Forget(id); !errors.Is(err, ErrDeclared) {
+			t.Fatalf("Forget of declared %s: %v, want ErrDeclared", id, err)
+		}
+	}
+	c := newFake(false)
+	l, err := r.Attach(Spec{ID: "pi-1", Tags: []string{"x"}, Acks: true, Durable: true}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Forget("pi-1"); !errors.Is(err, ErrConnected) {
+		t.Fatalf("Forget of a connected link: %v, want ErrConnected", err)
+	}
+	st := r.st
+	if err := st.DB().Update(func(txn *badger.Txn) error {
+		for seq := uint64(1); seq <= 3; seq++ {
+			if err := txn.Set(store.OutboxKey("pi-1", seq), []byte(`{"type":"SK"}`)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.MoveToDLQ("pi-1", 3, []byte(`{"type":"SK"}`), "test", 1); err != nil {
+		t.Fatal(err)
+	}
+	r.Detach(l, c)
+
+	n, err := r.Forget("pi-1")
+	if err != nil || n != 2 {
+		t.Fatalf("Forget = %d, %v; want the 2 pending deliveries dropped", n, err)
+	}
+	if r.Get("pi-1") != nil {
+		t.Fatal("the forgotten link is still known")
+	}
+	m := &slipstream.Message{Type: slipstream.TypeSK, MessageID: "m", OriginInstanceID: "a-1", MessagePath: []string{"a-1"}}
+	for _, got := range r.Recipients(nil, "", m) {
+		if got.ID() == "pi-1" {
+			t.Fatal("the forgotten link is still a recipient")
+		}
+	}
+	if left, err := st.CountOutbox("pi-1"); err != nil || left != 0 {
+		t.Fatalf("outbox after Forget: %d (%v)", left, err)
+	}
+	if dl, err := st.ListDLQ("pi-1", 10); err != nil || len(dl) != 1 {
+		t.Fatalf("dead letters after Forget: %d (%v), want the 1 kept", len(dl), err)
+	}
+	if _, err := r.Forget("pi-1"); !errors.Is(err, ErrUnknownLink) {
+		t.Fatalf("second Forget: %v", err)
+	}
+	r2, err := NewRegistry(st, "a-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.Get("pi-1") != nil {
+		t.Fatal("a new registry on the store knows the forgotten link")
+	}
+	// Back again: a fresh link whose seqs continue above its dead letters.
+	l2, err := r2.Ensure(Spec{ID: "pi-1", Acks: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq := l2.NextSeq(); seq != 4 {
+		t.Fatalf("the returning link's first seq is %d, want 4 (above its dead letter 3)", seq)
 	}
 }
