@@ -262,7 +262,9 @@ func declareInboundPeers(peers []InboundPeer, bc *pipeline.BuildContext) error {
 		}
 		spec := link.Spec{ID: p.ID, Tags: p.Tags, Peer: true, Acks: true, Declared: true}
 		if l := bc.Links.Get(p.ID); l != nil {
-			spec.Tags, spec.Acks, spec.Peer = l.Tags(), l.Acks(), l.IsPeer() // as it last announced
+			// As it last announced (and, were it connected, as it is).
+			spec.Tags, spec.Acks, spec.Peer = l.Tags(), l.Acks(), l.IsPeer()
+			spec.Commands, spec.Perms = l.AllowCommands(), l.Permissions()
 		}
 		if _, err := bc.Links.Ensure(spec); err != nil {
 			return fmt.Errorf("inbound_peer %q: declare the link: %w", p.ID, err)
