@@ -103,7 +103,11 @@ func printStatus(w io.Writer, st *daemon.Status) {
 		if l.Dialer != "" && l.Dialer != l.State {
 			state += " (" + l.Dialer + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%d\t%s\t%s\t%s\n", l.ID, l.Kind, state, l.Durable, l.Pending, oldest, listOrDash(l.Tags), orDash(l.LastError))
+		durable := fmt.Sprint(l.Durable)
+		if l.Declared {
+			durable = "declared"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", l.ID, l.Kind, state, durable, l.Pending, oldest, listOrDash(l.Tags), orDash(l.LastError))
 	}
 	if len(st.Links) == 0 {
 		fmt.Fprintln(tw, "(no links)")

@@ -38,6 +38,10 @@ type LinkStatus struct {
 	State   string   `json:"state"` // connected or down
 	Tags    []string `json:"tags"`
 	Durable bool     `json:"durable"`
+	// Declared: the configuration names the link (a websocket_client peer
+	// block or a websocket_server inbound_peer); only other durable links
+	// can be forgotten (DELETE /v1/links/{id}).
+	Declared bool `json:"declared,omitempty"`
 	// Pending is the outbox depth (deliveries not yet acknowledged) of a
 	// durable link; OldestPendingSeconds the age of its oldest entry.
 	Pending              int64   `json:"pending"`
@@ -83,7 +87,7 @@ func (in *Instance) Status() Status {
 		PeerLastError(id string) string
 	}
 	for _, l := range in.links.All() {
-		ls := LinkStatus{ID: l.ID(), Kind: "client", State: "down", Tags: nonNil(l.Tags()), Durable: l.Durable(),
+		ls := LinkStatus{ID: l.ID(), Kind: "client", State: "down", Tags: nonNil(l.Tags()), Durable: l.Durable(), Declared: l.Declared(),
 			Pending: int64(depth[l.ID()]), OldestPendingSeconds: oldest[l.ID()]}
 		if l.IsPeer() {
 			ls.Kind = "peer"

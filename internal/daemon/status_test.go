@@ -62,7 +62,7 @@ func TestStatus(t *testing.T) {
 				subLink = &st.Links[i]
 			}
 		}
-		if subLink == nil || subLink.Kind != "client" || subLink.State != "connected" || subLink.Pending != 1 {
+		if subLink == nil || subLink.Kind != "client" || subLink.State != "connected" || subLink.Pending != 1 || subLink.Declared {
 			return fmt.Errorf("links = %+v, want sub connected with 1 pending", st.Links)
 		}
 		return nil
@@ -155,8 +155,8 @@ func TestStatusPeerLastError(t *testing.T) {
 	testutil.CheckFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		for _, l := range m.ins["a-1"].Status().Links {
 			if l.ID == "b-1" {
-				if l.State != "down" || l.LastError == "" {
-					return fmt.Errorf("b-1: state %q last_error %q", l.State, l.LastError)
+				if l.State != "down" || l.LastError == "" || !l.Declared {
+					return fmt.Errorf("b-1: state %q last_error %q declared %v", l.State, l.LastError, l.Declared)
 				}
 				return nil
 			}

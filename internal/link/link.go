@@ -171,6 +171,14 @@ func (l *Link) Configured() bool {
 	return l.configured
 }
 
+// Declared reports whether this instance's configuration names the link
+// (Spec.Configured or Spec.Declared): Registry.Forget refuses it.
+func (l *Link) Declared() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.declared
+}
+
 // Tags returns the link's tags (do not modify).
 func (l *Link) Tags() []string {
 	l.mu.Lock()
