@@ -171,13 +171,16 @@ func planMesh(t *testing.T, commands bool, tags map[string][]string, links ...st
 			commands: commands}
 	}
 	for _, l := range links {
-		from, to, ok := strings.Cut(l, ">")
-		if to, from, in := strings.Cut(l, "<"); in {
-			n := m.nodes[to]
-			n.inbound = append(n.inbound, from)
-			m.nodes[to] = n
+		if host, dialler, in := strings.Cut(l, "<"); in {
+			n, known := m.nodes[host]
+			if _, dk := m.nodes[dialler]; !known || !dk {
+				t.Fatalf("bad link %q", l)
+			}
+			n.inbound = append(n.inbound, dialler)
+			m.nodes[host] = n
 			continue
 		}
+		from, to, ok := strings.Cut(l, ">")
 		if _, known := m.nodes[to]; !ok || !known {
 			t.Fatalf("bad link %q", l)
 		}
