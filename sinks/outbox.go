@@ -80,7 +80,9 @@ type Outbox struct {
 	gen          uint64             // bumped by every Connected / Disconnected
 	sessCancel   context.CancelFunc // cancels SendData of the current session
 	started      bool
+	running      bool // the writer goroutine runs (not parked; see park)
 	closed       bool
+	ctx          context.Context    // the writer's, for a resume
 	cancel       context.CancelFunc // stops the writer
 	closeOnce    sync.Once
 
@@ -140,9 +142,9 @@ func (o *Outbox) start(ctx context.Context) {
 	if o.started || o.closed {
 		return
 	}
-	o.started = true
-	ctx, o.cancel = context.WithCancel(ctx)
-	go o.run(ctx)
+	o.started, o.running = true, true
+	o.ctx, o.cancel = context.WithCancel(ctx)
+	go o.run(o.ctx, true)
 }
 
 // closeNow marks an outbox that was never started as closed.
@@ -152,11 +154,18 @@ func (o *Outbox) closeNow() {
 	o.mu.Unlock()
 }
 
-// signal wakes the writer without blocking.
-func (o *Outbox) signal() {
+// signalLocked wakes the writer without blocking, starting its goroutine
+// again if it parked (see park). Called with mu held, which park holds
+// while it looks for the wake token: either park sees the token and goes
+// on, or it parked before and this resumes it.
+func (o *Outbox) signalLocked() {
 	select {
 	case o.wake <- struct{}{}:
 	default:
+	}
+	if o.started && !o.running && !o.closed {
+		o.running = true
+		go o.run(o.ctx, false)
 	}
 }
 
@@ -217,8 +226,8 @@ func (o *Outbox) notify(seq uint64, frame []byte, m *slipstream.Message) {
 		o.mem = append(o.mem, me)
 		o.memBytes += len(frame)
 	}
+	o.signalLocked()
 	o.mu.Unlock()
-	o.signal()
 }
 
 // Acked implements link.Outbox: the link acknowledged (cluster, id). Called
@@ -241,8 +250,8 @@ func (o *Outbox) feed(f feedback) {
 		return
 	}
 	o.feedback = append(o.feedback, f)
+	o.signalLocked()
 	o.mu.Unlock()
-	o.signal()
 }
 
 // Connected implements link.Outbox: c is the link's live connection. Called
@@ -256,8 +265,8 @@ func (o *Outbox) Connected(c link.Conn) {
 		return
 	}
 	o.switchLocked(c)
+	o.signalLocked()
 	o.mu.Unlock()
-	o.signal()
 }
 
 // Disconnected implements link.Outbox: c is no longer the link's live
@@ -269,8 +278,8 @@ func (o *Outbox) Disconnected(c link.Conn) {
 		return
 	}
 	o.switchLocked(nil)
+	o.signalLocked()
 	o.mu.Unlock()
-	o.signal()
 }
 
 // switchLocked starts a new session on c (nil: down). Called with mu held.
@@ -292,7 +301,7 @@ func (o *Outbox) Close() {
 	o.closeOnce.Do(func() {
 		o.mu.Lock()
 		o.closed = true
-		started, cancel := o.started, o.cancel
+		started, running, cancel := o.started, o.running, o.cancel
 		if o.sessCancel != nil {
 			o.sessCancel()
 			o.sessCancel = nil
@@ -300,6 +309,9 @@ func (o *Outbox) Close() {
 		o.mu.Unlock()
 		if started {
 			cancel()
+			if !running { // parked: nothing runs it again (closed)
+				o.finish()
+			}
 			<-o.exited
 		}
 		o.s.forget(o)

@@ -712,3 +712,80 @@ func TestDoneSetIsBounded(t *testing.T) {
 		t.Fatal("reset kept seqs")
 	}
 }
+
+// parked reports whether o's writer goroutine is parked.
+func parked(o *Outbox) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.started && !o.running
+}
+
+// An ephemeral link's writer parks when it has nothing to do (an idle
+// connection holds no writer goroutine) and comes back for each delivery,
+// ACK and disconnection; a durable link's writer never parks; Close of a
+// parked writer returns, and nothing leaks.
+func TestIdleEphemeralWriterParks(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	h := newHarness(t, t.TempDir(), nil)
+	defer h.close()
+
+	rec := recorder{then: h.autoAck("con-1")}
+	c := rec.conn()
+	l, err := h.links.Attach(link.Spec{ID: "con-1", Acks: true}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := l.Outbox().(*Outbox)
+	waitParked := func(what string) {
+		t.Helper()
+		testutil.CheckFor(t, wait, time.Millisecond, func() error {
+			if !parked(o) {
+				return fmt.Errorf("%s: the writer of con-1 is not parked", what)
+			}
+			return nil
+		})
+	}
+	waitParked("connected, idle")
+	for round := range 3 {
+		first := 1 + round*10
+		h.publish(l, first, first+9)
+		testutil.CheckFor(t, wait, time.Millisecond, rec.wantSent(ids(1, first+9)))
+		h.waitDrained("con-1")
+		waitParked(fmt.Sprintf("after round %d", round))
+	}
+
+	// A durable link's writer stays (limits passes, recounts).
+	d := h.attach("pi-1", true, newFakeConn())
+	time.Sleep(50 * time.Millisecond)
+	if parked(d.Outbox().(*Outbox)) {
+		t.Fatal("the writer of durable pi-1 parked")
+	}
+
+	// A parked writer learns of the disconnection: the session ends.
+	h.links.Detach(l, c)
+	testutil.CheckFor(t, wait, time.Millisecond, func() error {
+		if h.links.Get("con-1") != nil {
+			return fmt.Errorf("con-1 is still known")
+		}
+		return nil
+	})
+	select {
+	case <-o.exited:
+	case <-time.After(wait):
+		t.Fatal("the outbox of con-1 did not finish after its link left")
+	}
+
+	// Close of a parked writer (another ephemeral link) at shutdown.
+	rec2 := recorder{}
+	l2, err := h.links.Attach(link.Spec{ID: "con-2", Acks: true}, rec2.conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	o2 := l2.Outbox().(*Outbox)
+	testutil.CheckFor(t, wait, time.Millisecond, func() error {
+		if !parked(o2) {
+			return fmt.Errorf("con-2 not parked")
+		}
+		return nil
+	})
+}

@@ -123,16 +123,32 @@ func (w *writer) init() {
 }
 
 // run is the writer goroutine: apply what the inbox holds, then expire,
-// load and send, then sleep until something changes or is due.
-func (o *Outbox) run(ctx context.Context) {
-	defer close(o.exited)
+// load and send, then sleep until something changes or is due. An
+// ephemeral link's writer with nothing to do parks (the goroutine returns)
+// and signal starts it again (first: the writer's first start).
+func (o *Outbox) run(ctx context.Context, first bool) {
 	w := &o.w
-	defer func() {
-		o.endSession()
-		o.flushDeletes()
-	}()
-	o.recount()
-	w.limitsAt = time.Now() // a first pass at once: the limits may have changed since the last run
+	if first {
+		o.recount()
+		w.limitsAt = time.Now() // a first pass at once: the limits may have changed since the last run
+	}
+	if o.loop(ctx) {
+		return // parked
+	}
+	o.finish()
+}
+
+// finish ends the writer for good: by its goroutine once ctx is done, or by
+// Close when the writer was parked.
+func (o *Outbox) finish() {
+	o.endSession()
+	o.flushDeletes()
+	close(o.exited)
+}
+
+// loop runs the writer until ctx is done (false) or it parks (true).
+func (o *Outbox) loop(ctx context.Context) bool {
+	w := &o.w
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for ctx.Err() == nil {
@@ -150,6 +166,9 @@ func (o *Outbox) run(ctx context.Context) {
 		o.lazyDeletes(now)
 		if o.canLoad() && w.more {
 			continue // the backlog goes on and nothing else will wake us
+		}
+		if o.park() {
+			return true
 		}
 
 		next := earliest(earliest(earliest(w.nextDue, w.retryAt), o.nextLimits()), w.deleteDue)
@@ -169,6 +188,29 @@ func (o *Outbox) run(ctx context.Context) {
 			o.lost()
 		}
 	}
+	return false
+}
+
+// park stops the goroutine of an ephemeral link's writer that has nothing
+// to do: nothing ready, in flight, to delete or to retry, and nothing in
+// its inbox. An idle connection then holds no writer goroutine (its
+// stack is most of what such a connection costs). A durable link's writer
+// stays: its periodic limits pass and recounts need it. A connection that
+// closes meanwhile is reported by Disconnected, which wakes it.
+func (o *Outbox) park() bool {
+	w := &o.w
+	if o.durable || len(w.inflight) > 0 || o.readyLen() > 0 || len(w.deletes) > 0 || w.more ||
+		!w.retryAt.IsZero() || w.recountDue {
+		return false
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.wake) > 0 || o.behind || len(o.mem) > 0 || len(o.feedback) > 0 || o.gen != w.gen ||
+		o.rewind != 0 || o.counting || o.closed {
+		return false
+	}
+	o.running = false
+	return true
 }
 
 // earliest returns the earlier of a and b, a zero time meaning "never".
