@@ -13,10 +13,11 @@
 // Each Outbox runs one goroutine, started by the sink's Start (the runner
 // calls it before any source runs) or at creation for links that appear
 // later, and stopped by Close, which returns once the goroutine has exited.
-// An ephemeral link's writer with nothing to do parks (its goroutine
-// returns) and the next Notify, ACK, ERR or change of connection starts it
-// again: an idle anonymous connection holds no writer goroutine. The
-// writer:
+// A writer that has had nothing to do for a second (and, for a durable
+// link, has an empty outbox) parks: its goroutine returns, and the next Notify, ACK, ERR or change of
+// connection starts it again, so that an idle connection holds no writer
+// goroutine. The sink wakes parked durable writers for their periodic pass
+// (limits and rescan, every limitEvery). The writer:
 //
 //   - Sends from memory while it keeps up: Notify appends to a queue bounded
 //     by memory_queue entries and 1 MiB (any seq above the last notified one

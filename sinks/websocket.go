@@ -39,6 +39,10 @@ type WebSocketConfig struct {
 	// limitEvery is how often each writer checks max_pending and max_age
 	// when nothing prompts it (default 30s; tests shorten it).
 	limitEvery time.Duration
+	// parkAfter is how long a writer must have had nothing to do before
+	// it parks (default 1s; tests shorten it): a link with steady traffic,
+	// even slow, keeps its goroutine rather than starting one per message.
+	parkAfter time.Duration
 }
 
 // Validate implements pipeline.Validator.
@@ -110,6 +114,8 @@ type WebSocket struct {
 	outboxes map[*Outbox]struct{}
 	base     context.Context // from Start; nil before
 	closed   bool
+	stopTick context.CancelFunc // stops rouse
+	ticking  sync.WaitGroup
 }
 
 var (
@@ -127,6 +133,9 @@ func NewWebSocket(cfg WebSocketConfig, bc *pipeline.BuildContext) (*WebSocket, e
 	}
 	if cfg.limitEvery <= 0 {
 		cfg.limitEvery = defaultLimitEvery
+	}
+	if cfg.parkAfter <= 0 {
+		cfg.parkAfter = defaultParkAfter
 	}
 	if bc.Store == nil || bc.Links == nil {
 		return nil, errors.New("the websocket sink needs the store and the link registry")
@@ -186,7 +195,32 @@ func (s *WebSocket) Start(ctx context.Context) error {
 	for o := range s.outboxes {
 		o.start(ctx)
 	}
+	tctx, stop := context.WithCancel(ctx)
+	s.stopTick = stop
+	s.ticking.Go(func() { s.rouse(tctx) })
 	return nil
+}
+
+// rouse starts the parked writers of durable links twice per limitEvery,
+// so that their periodic pass (the outbox limits, and the rescan that finds
+// entries Badger's GC brought back) runs while their links are idle.
+func (s *WebSocket) rouse(ctx context.Context) {
+	t := time.NewTicker(max(s.cfg.limitEvery/2, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, o := range s.durable() {
+			o.mu.Lock()
+			if o.started && !o.running && !o.closed && !time.Now().Before(o.w.limitsAt) {
+				o.signalLocked()
+			}
+			o.mu.Unlock()
+		}
+	}
 }
 
 // Deliver implements pipeline.Sink: for every accepted, persisted envelope
@@ -229,11 +263,15 @@ func (s *WebSocket) Deliver(_ context.Context, batch []*pipeline.Envelope) error
 func (s *WebSocket) Close() error {
 	s.mu.Lock()
 	s.closed = true
+	if s.stopTick != nil {
+		s.stopTick()
+	}
 	obs := make([]*Outbox, 0, len(s.outboxes))
 	for o := range s.outboxes {
 		obs = append(obs, o)
 	}
 	s.mu.Unlock()
+	s.ticking.Wait()
 	for _, o := range obs {
 		o.Close()
 	}

@@ -720,13 +720,14 @@ func parked(o *Outbox) bool {
 	return o.started && !o.running
 }
 
-// An ephemeral link's writer parks when it has nothing to do (an idle
-// connection holds no writer goroutine) and comes back for each delivery,
-// ACK and disconnection; a durable link's writer never parks; Close of a
-// parked writer returns, and nothing leaks.
-func TestIdleEphemeralWriterParks(t *testing.T) {
+// A writer parks when it has nothing to do (an idle connection holds no
+// writer goroutine) and comes back for each delivery, ACK and
+// disconnection; a durable link's writer parks only with an empty outbox
+// (TestRescanHandlesAnEntryThatCameBack: the sink still wakes it for its
+// periodic pass); Close of a parked writer returns, and nothing leaks.
+func TestIdleWriterParks(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	h := newHarness(t, t.TempDir(), nil)
+	h := newHarness(t, t.TempDir(), func(c *WebSocketConfig) { c.parkAfter = 20 * time.Millisecond })
 	defer h.close()
 
 	rec := recorder{then: h.autoAck("con-1")}
@@ -754,12 +755,36 @@ func TestIdleEphemeralWriterParks(t *testing.T) {
 		waitParked(fmt.Sprintf("after round %d", round))
 	}
 
-	// A durable link's writer stays (limits passes, recounts).
-	d := h.attach("pi-1", true, newFakeConn())
-	time.Sleep(50 * time.Millisecond)
-	if parked(d.Outbox().(*Outbox)) {
-		t.Fatal("the writer of durable pi-1 parked")
+	// A durable link's writer parks once its outbox is empty, and stays
+	// while it holds entries.
+	drec := recorder{then: h.autoAck("pi-1")}
+	dc := drec.conn()
+	d := h.attach("pi-1", true, dc)
+	do := d.Outbox().(*Outbox)
+	h.publish(d, 1, 5)
+	testutil.CheckFor(t, wait, time.Millisecond, drec.wantSent(ids(1, 5)))
+	h.waitDrained("pi-1")
+	waitParkedD := func(what string) {
+		t.Helper()
+		testutil.CheckFor(t, wait, time.Millisecond, func() error {
+			if !parked(do) {
+				return fmt.Errorf("%s: the writer of durable pi-1 is not parked", what)
+			}
+			return nil
+		})
 	}
+	waitParkedD("drained")
+	h.links.Detach(d, dc)
+	h.publish(d, 6, 8) // kept for its next connection
+	time.Sleep(50 * time.Millisecond)
+	if parked(do) {
+		t.Fatal("the writer of durable pi-1 parked with 3 entries in its outbox")
+	}
+	drec2 := recorder{then: h.autoAck("pi-1")}
+	h.attach("pi-1", true, drec2.conn())
+	testutil.CheckFor(t, wait, time.Millisecond, drec2.wantSent(ids(6, 8)))
+	h.waitDrained("pi-1")
+	waitParkedD("drained again")
 
 	// A parked writer learns of the disconnection: the session ends.
 	h.links.Detach(l, c)

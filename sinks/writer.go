@@ -18,6 +18,12 @@ import (
 // storeRetry is how long the writer waits after a failed store read.
 const storeRetry = time.Second
 
+// defaultParkAfter is WebSocketConfig.parkAfter's default. Measured at
+// 1 000 msgs/s (BENCHMARKS.md (n)): parking as soon as the writer was idle
+// started a goroutine per message (its stack grown again each time), +8%
+// CPU.
+const defaultParkAfter = time.Second
+
 // entry is one pending delivery the writer has loaded (ready or in flight).
 type entry struct {
 	seq         uint64
@@ -68,6 +74,7 @@ type writer struct {
 	more      bool      // the last load left entries in the store: load again
 	nextDue   time.Time // no in-flight entry is due before this
 	retryAt   time.Time // after a store error, no read before this
+	idleSince time.Time // since when the writer has had nothing to do (zero: busy); see park
 
 	limitsAt   time.Time // the next periodic limits pass
 	lastLimits time.Time // the last limits pass
@@ -123,9 +130,9 @@ func (w *writer) init() {
 }
 
 // run is the writer goroutine: apply what the inbox holds, then expire,
-// load and send, then sleep until something changes or is due. An
-// ephemeral link's writer with nothing to do parks (the goroutine returns)
-// and signal starts it again (first: the writer's first start).
+// load and send, then sleep until something changes or is due. A writer
+// with nothing to do parks (the goroutine returns) and signalLocked starts
+// it again (first: the writer's first start).
 func (o *Outbox) run(ctx context.Context, first bool) {
 	w := &o.w
 	if first {
@@ -172,6 +179,9 @@ func (o *Outbox) loop(ctx context.Context) bool {
 		}
 
 		next := earliest(earliest(earliest(w.nextDue, w.retryAt), o.nextLimits()), w.deleteDue)
+		if !w.idleSince.IsZero() {
+			next = earliest(next, w.idleSince.Add(o.s.cfg.parkAfter))
+		}
 		timer.Stop()
 		if !next.IsZero() {
 			timer.Reset(max(time.Until(next), time.Millisecond))
@@ -191,24 +201,35 @@ func (o *Outbox) loop(ctx context.Context) bool {
 	return false
 }
 
-// park stops the goroutine of an ephemeral link's writer that has nothing
-// to do: nothing ready, in flight, to delete or to retry, and nothing in
-// its inbox. An idle connection then holds no writer goroutine (its
-// stack is most of what such a connection costs). A durable link's writer
-// stays: its periodic limits pass and recounts need it. A connection that
-// closes meanwhile is reported by Disconnected, which wakes it.
+// park stops the goroutine of a writer that has had nothing to do for
+// parkAfter: nothing ready, in flight, to delete or to retry, nothing in
+// its inbox, and, for a durable link, nothing in its outbox. An idle connection then holds no
+// writer goroutine (its stack is most of what such a connection costs). A
+// connection that closes meanwhile is reported by Disconnected, which
+// wakes it; the sink's rouse wakes a durable link's writer for its periodic
+// pass (limits, and the rescan for entries Badger's GC brought back).
 func (o *Outbox) park() bool {
 	w := &o.w
-	if o.durable || len(w.inflight) > 0 || o.readyLen() > 0 || len(w.deletes) > 0 || w.more ||
+	if (o.durable && o.pending.Load() != 0) || len(w.inflight) > 0 || o.readyLen() > 0 || len(w.deletes) > 0 || w.more ||
 		!w.retryAt.IsZero() || w.recountDue {
+		w.idleSince = time.Time{}
 		return false
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if len(o.wake) > 0 || o.behind || len(o.mem) > 0 || len(o.feedback) > 0 || o.gen != w.gen ||
 		o.rewind != 0 || o.counting || o.closed {
+		w.idleSince = time.Time{}
 		return false
 	}
+	now := time.Now()
+	if w.idleSince.IsZero() {
+		w.idleSince = now
+	}
+	if now.Sub(w.idleSince) < o.s.cfg.parkAfter {
+		return false // idle, but not for long enough yet (the loop's timer comes back)
+	}
+	w.idleSince = time.Time{}
 	o.running = false
 	return true
 }
