@@ -737,22 +737,22 @@ func TestIdleWriterParks(t *testing.T) {
 		t.Fatal(err)
 	}
 	o := l.Outbox().(*Outbox)
-	waitParked := func(what string) {
+	waitParked := func(o *Outbox, what string) {
 		t.Helper()
 		testutil.CheckFor(t, wait, time.Millisecond, func() error {
 			if !parked(o) {
-				return fmt.Errorf("%s: the writer of con-1 is not parked", what)
+				return fmt.Errorf("%s: the writer of %s is not parked", what, o.id)
 			}
 			return nil
 		})
 	}
-	waitParked("connected, idle")
+	waitParked(o, "connected, idle")
 	for round := range 3 {
 		first := 1 + round*10
 		h.publish(l, first, first+9)
 		testutil.CheckFor(t, wait, time.Millisecond, rec.wantSent(ids(1, first+9)))
 		h.waitDrained("con-1")
-		waitParked(fmt.Sprintf("after round %d", round))
+		waitParked(o, fmt.Sprintf("after round %d", round))
 	}
 
 	// A durable link's writer parks once its outbox is empty, and stays
@@ -764,16 +764,7 @@ func TestIdleWriterParks(t *testing.T) {
 	h.publish(d, 1, 5)
 	testutil.CheckFor(t, wait, time.Millisecond, drec.wantSent(ids(1, 5)))
 	h.waitDrained("pi-1")
-	waitParkedD := func(what string) {
-		t.Helper()
-		testutil.CheckFor(t, wait, time.Millisecond, func() error {
-			if !parked(do) {
-				return fmt.Errorf("%s: the writer of durable pi-1 is not parked", what)
-			}
-			return nil
-		})
-	}
-	waitParkedD("drained")
+	waitParked(do, "drained")
 	h.links.Detach(d, dc)
 	h.publish(d, 6, 8) // kept for its next connection
 	time.Sleep(50 * time.Millisecond)
@@ -784,7 +775,7 @@ func TestIdleWriterParks(t *testing.T) {
 	h.attach("pi-1", true, drec2.conn())
 	testutil.CheckFor(t, wait, time.Millisecond, drec2.wantSent(ids(6, 8)))
 	h.waitDrained("pi-1")
-	waitParkedD("drained again")
+	waitParked(do, "drained again")
 
 	// A parked writer learns of the disconnection: the session ends.
 	h.links.Detach(l, c)
@@ -806,11 +797,5 @@ func TestIdleWriterParks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o2 := l2.Outbox().(*Outbox)
-	testutil.CheckFor(t, wait, time.Millisecond, func() error {
-		if !parked(o2) {
-			return fmt.Errorf("con-2 not parked")
-		}
-		return nil
-	})
+	waitParked(l2.Outbox().(*Outbox), "connected, idle")
 }
