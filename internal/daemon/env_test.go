@@ -22,10 +22,7 @@ func TestEnvConfigTriangle(t *testing.T) {
 	ports := map[string]int{}
 	held := map[string]net.Listener{}
 	for _, n := range names {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := testutil.ReservePort(t)
 		held[n] = ln
 		ports[n] = ln.Addr().(*net.TCPAddr).Port
 	}

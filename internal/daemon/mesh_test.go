@@ -162,10 +162,7 @@ func planMesh(t *testing.T, commands bool, tags map[string][]string, links ...st
 		}
 	})
 	for id, tg := range tags {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := testutil.ReservePort(t)
 		m.held[id] = ln
 		m.nodes[id] = meshNode{id: id, tags: tg, port: ln.Addr().(*net.TCPAddr).Port, dir: filepath.Join(t.TempDir(), id),
 			commands: commands}

@@ -51,10 +51,7 @@ func newRedisTriangle(t *testing.T) (*mesh, map[string]*testredis.Server) {
 	next := map[string]string{"aws-1": "azure-1", "azure-1": "gcp-1", "gcp-1": "aws-1"}
 	for id, tags := range triangleTags {
 		redises[id] = testredis.Start(t)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := testutil.ReservePort(t)
 		m.held[id] = ln
 		m.nodes[id] = meshNode{id: id, tags: tags, port: ln.Addr().(*net.TCPAddr).Port,
 			dir: filepath.Join(t.TempDir(), id), peers: []string{next[id]}}

@@ -6,7 +6,9 @@ package testutil
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -32,14 +34,46 @@ func (b *SyncBuffer) String() string {
 	return b.buf.String()
 }
 
-// FreePort returns a loopback TCP port that was free a moment ago (for a
-// server that must listen on a port known in advance, or come back on it).
+// ReservePort listens on a loopback TCP port below the kernel's ephemeral
+// range, for a server that must listen on a port known in advance (or come
+// back on it): close the listener just before the server binds. A port
+// from the ephemeral range (what port 0 gives) can be taken in between by
+// any outgoing connection, of this test or of another package's tests
+// running beside it; a port below it is only ever taken by a server
+// naming it.
+func ReservePort(t testing.TB) net.Listener {
+	t.Helper()
+	lo := ephemeralLow()
+	span := min(lo-1024, 12000)
+	for range 200 {
+		port := lo - 1 - rand.IntN(span)
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			return l
+		}
+	}
+	t.Fatalf("no free loopback port below %d after 200 tries", lo)
+	return nil
+}
+
+// ephemeralLow is the low end of the kernel's ephemeral port range (Linux;
+// 32768, its default, elsewhere or when unreadable).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	var lo, hi int
+	if _, err := fmt.Sscan(string(b), &lo, &hi); err != nil || lo < 2048 {
+		return 32768
+	}
+	return lo
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago, below
+// the ephemeral range (see ReservePort).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := ReservePort(t)
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
