@@ -108,7 +108,7 @@ func (r *Registry) dropOrphans() error {
 	}
 	for _, id := range orphans {
 		r.log.Info("dropping the outbox of a link that is gone", "link", id)
-		if err := r.st.DropOutbox(id); err != nil {
+		if _, err := r.st.DropOutbox(id); err != nil {
 			return err
 		}
 	}
@@ -333,7 +333,7 @@ func (r *Registry) Detach(l *Link, c Conn) {
 	if ob != nil {
 		ob.Close()
 	}
-	if err := r.st.DropOutbox(l.id); err != nil {
+	if _, err := r.st.DropOutbox(l.id); err != nil {
 		r.log.Warn("dropping an ephemeral link's outbox", "link", l.id, "err", err)
 	}
 }
@@ -380,11 +380,8 @@ func (r *Registry) Forget(id string) (int, error) {
 	if ob != nil {
 		ob.Close()
 	}
-	n, err := r.st.CountOutbox(id)
+	n, err := r.st.DropOutbox(id)
 	if err != nil {
-		return 0, err
-	}
-	if err := r.st.DropOutbox(id); err != nil {
 		return 0, err
 	}
 	if err := r.st.DeleteLink(id); err != nil {

@@ -439,9 +439,9 @@ func (s *Store) DeleteOutbox(link string, seqs []uint64) error {
 }
 
 // DropOutbox removes every outbox entry of a link (an ephemeral link that is
-// gone for good). It deletes key by key rather than with Badger's DropPrefix,
-// which would stall every other writer.
-func (s *Store) DropOutbox(link string) error {
+// gone for good) and returns how many there were. It deletes key by key
+// rather than with Badger's DropPrefix, which would stall every other writer.
+func (s *Store) DropOutbox(link string) (int, error) {
 	var keys [][]byte
 	err := s.db.View(func(txn *badger.Txn) error {
 		opts := badger.DefaultIteratorOptions
@@ -455,16 +455,16 @@ func (s *Store) DropOutbox(link string) error {
 		return nil
 	})
 	if err != nil || len(keys) == 0 {
-		return err
+		return 0, err
 	}
 	wb := s.db.NewWriteBatch()
 	defer wb.Cancel()
 	for _, k := range keys {
 		if err := wb.Delete(k); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return wb.Flush()
+	return len(keys), wb.Flush()
 }
 
 type badgerLogger struct{ log *slog.Logger }
